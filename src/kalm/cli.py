@@ -1,0 +1,164 @@
+"""The `kalm` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kalm.data.suites import BUILTIN_LEVELS
+
+SUITE_CHOICES = click.Choice([*BUILTIN_LEVELS, "all"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kalm")
+def main() -> None:
+    """kalm: knowledgeable agents from LLM-imagined rollouts (KALM, NeurIPS 2024).
+
+    Stages: collect real episodes -> ground an LLM -> imagine rollouts -> offline RL ->
+    evaluate in the real simulator. Run `kalm COMMAND --help` for each.
+    """
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@main.command()
+@click.option("--env", default="clevr", show_default=True, help="Environment (built-in: clevr).")
+@click.option("--suite", type=SUITE_CHOICES, default="train", show_default=True,
+              help="Built-in goal suite the goals and instructions are drawn from.")
+@click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
+              help="A JSONL goal suite to use instead of a built-in one.")
+@click.option("--episodes", type=int, default=1000, show_default=True,
+              help="Episodes to write (successful ones unless --keep-failures).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epsilon", type=float, default=0.0, show_default=True,
+              help="Probability of a random action instead of the expert's, for diversity.")
+@click.option("--keep-failures", is_flag=True, help="Also keep episodes that did not succeed.")
+@click.option("--policy", type=click.Choice(["expert", "random"]), default="expert",
+              show_default=True, help="Behaviour policy.")
+@click.option("--init-region", type=click.Choice(["paper", "table"]), default="paper",
+              show_default=True, help="Initial-state box: the original's, or the reachable table.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
+def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, policy, init_region,
+            workers, out) -> None:
+    """Collect real episodes with the scripted expert into an HDF5 episode file.
+
+    Interrupted runs resume from the finished chunks in OUT.parts/; the file is written
+    atomically at the end.
+    """
+    from kalm.data.collect import CollectConfig
+    from kalm.data.collect import collect as run_collect
+
+    cfg = CollectConfig(out=out, env=env, suite=suite, suite_file=suite_file, episodes=episodes,
+                        seed=seed, epsilon=epsilon, keep_failures=keep_failures, policy=policy,
+                        init_region=init_region, workers=workers)
+    try:
+        data = run_collect(cfg)
+    except ValueError as exc:
+        _fail(exc)
+    lengths = data.lengths
+    click.echo(f"wrote {len(data)} episodes ({data.num_transitions} transitions, "
+               f"{int(data.attrs['attempts'])} attempts, median length "
+               f"{float(sorted(lengths)[len(lengths) // 2]):.0f}) to {out}")
+
+
+@main.command()
+@click.option("--env", default="clevr", show_default=True, help="Environment (built-in: clevr).")
+@click.option("--policy", required=True,
+              help="Built-in policy: 'expert' or 'random' (trained policies come later).")
+@click.option("--suite", type=SUITE_CHOICES, default="train", show_default=True)
+@click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
+              help="A JSONL goal suite to use instead of a built-in one.")
+@click.option("--episodes", type=int, default=100, show_default=True, help="Episodes per level.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--init-region", type=click.Choice(["paper", "table"]), default="paper",
+              show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON here.")
+@click.option("--gif", type=int, default=0, show_default=True,
+              help="Write GIFs of the first K episodes next to --json (or in ./eval-gifs).")
+def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_region, json_out,
+             gif) -> None:
+    """Run a policy closed-loop in the real simulator and print success per level."""
+    from kalm.data.suites import SuiteError, resolve_suite
+    from kalm.eval.evaluate import evaluate_policy, write_json
+
+    if env != "clevr":
+        _fail(ValueError(f"unknown env {env!r}; built-in: 'clevr'"))
+    try:
+        goal_suite = resolve_suite(suite, suite_file)
+        result = evaluate_policy(policy, goal_suite, episodes, seed=seed, workers=workers,
+                                 init_region=init_region)
+    except (SuiteError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"policy {result.policy}, seed {seed}, suite {suite_file or suite}")
+    click.echo(result.table())
+    if json_out:
+        write_json(result.to_json(), json_out)
+        click.echo(f"wrote {json_out}")
+    if gif:
+        from kalm.envs.clevr.render import episode_gif
+
+        folder = Path(json_out).parent if json_out else Path("eval-gifs")
+        for i, ep in enumerate(result.episodes[:gif]):
+            tag = "ok" if ep.success else "fail"
+            p = episode_gif(ep.observations, folder / f"episode-{i:03d}-{tag}.gif",
+                            caption=ep.instruction)
+            click.echo(f"wrote {p}")
+
+
+@main.command()
+@click.argument("episodes_file", type=click.Path(dir_okay=False))
+@click.option("--index", type=int, multiple=True, help="Episode index (repeatable; default 0).")
+@click.option("--out", type=click.Path(), default=None,
+              help="GIF path (one episode) or folder (several); default next to the file.")
+@click.option("--fps", type=float, default=2.0, show_default=True)
+def render(episodes_file, index, out, fps) -> None:
+    """Render episodes of an episode file as animated GIFs (top-down view)."""
+    from kalm.data.episodes import EpisodeFileError, read_episodes
+    from kalm.envs.clevr.render import episode_gif
+
+    try:
+        data = read_episodes(episodes_file)
+    except EpisodeFileError as exc:
+        _fail(exc)
+    indices = list(index) or [0]
+    for i in indices:
+        if not 0 <= i < len(data):
+            _fail(ValueError(f"--index {i} is outside [0, {len(data)})"))
+    base = Path(episodes_file)
+    for i in indices:
+        ep = data.episode(i)
+        if out and len(indices) == 1 and str(out).endswith(".gif"):
+            path = Path(out)
+        else:
+            folder = Path(out) if out else base.with_suffix("")
+            path = folder / f"episode-{i:05d}.gif"
+        episode_gif(ep.observations, path, caption=ep.instruction, fps=fps)
+        click.echo(f"wrote {path} ({ep.length} steps, success={ep.success}): {ep.instruction}")
+
+
+@main.command("check-suite")
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+def check_suite(suite_file) -> None:
+    """Validate a JSONL goal suite and summarise it (levels, goals, paraphrases)."""
+    from kalm.data.suites import SuiteError, load_suite
+
+    try:
+        suite = load_suite(suite_file)
+    except SuiteError as exc:
+        _fail(exc)
+    for level in suite.levels:
+        sub = suite.by_level(level)
+        click.echo(f"{level}: {len(sub)} instructions, {len(sub.groups())} goals")
+
+
+if __name__ == "__main__":
+    main()

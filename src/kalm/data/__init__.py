@@ -1,0 +1,1 @@
+"""Data: goal suites, the episode file format, and collection with scripted experts."""

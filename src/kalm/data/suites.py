@@ -1,0 +1,191 @@
+"""Goal suites (JSONL): the one way goals enter collection, imagination and evaluation.
+
+Each line is `{"instruction": str, "level": str, "goal": {...}, "init": [10 floats]?}`. Every
+problem is reported with the file and line number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+BUILTIN_LEVELS = ("train", "rephrase", "easy", "hard")
+_LINE_KEYS = {"instruction", "level", "goal", "init"}
+
+
+class SuiteError(ValueError):
+    """A malformed goal-suite file; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    instruction: str
+    level: str
+    goal: dict[str, Any]
+    init: tuple[float, ...] | None = None
+    source: str = ""  # "file:line", for messages
+
+    @property
+    def goal_key(self) -> str:
+        """Canonical JSON of the goal: entries with equal keys are paraphrases of one goal."""
+        return json.dumps(self.goal, sort_keys=True)
+
+
+@dataclass
+class GoalSuite:
+    """Suite entries plus a grouping of paraphrases by (level, goal)."""
+
+    entries: list[SuiteEntry]
+    name: str = ""
+    _groups: dict[str, list[SuiteEntry]] = field(default_factory=dict, repr=False)
+    _by_goal: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for e in self.entries:
+            self._groups.setdefault(f"{e.level}|{e.goal_key}", []).append(e)
+            self._by_goal.setdefault(e.goal_key, []).append(e.instruction)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def goals(self) -> list[dict[str, Any]]:
+        """Distinct goals in first-appearance order."""
+        return [group[0].goal for group in self._groups.values()]
+
+    def paraphrases(self, goal: dict[str, Any]) -> list[str]:
+        """Every instruction of `goal` in this suite (all levels)."""
+        return list(self._by_goal.get(json.dumps(goal, sort_keys=True), []))
+
+    def groups(self) -> list[list[SuiteEntry]]:
+        return list(self._groups.values())
+
+    @property
+    def levels(self) -> list[str]:
+        return sorted({e.level for e in self.entries})
+
+    def by_level(self, level: str) -> GoalSuite:
+        return GoalSuite([e for e in self.entries if e.level == level], name=f"{self.name}:{level}")
+
+
+def parse_suite_lines(
+    lines: Iterable[str],
+    source: str,
+    validate_goal: Callable[[Any], dict[str, Any]],
+    obs_dim: int,
+) -> list[SuiteEntry]:
+    """Parse JSONL lines; `validate_goal` is the environment's goal checker."""
+    entries = []
+    for lineno, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            entries.append(_parse_line(text, where, validate_goal, obs_dim))
+        except SuiteError:
+            raise
+        except ValueError as exc:
+            raise SuiteError(f"{where}: {exc}") from None
+    if not entries:
+        raise SuiteError(f"{source}: the suite is empty")
+    return entries
+
+
+def _parse_line(
+    text: str, where: str, validate_goal: Callable[[Any], dict[str, Any]], obs_dim: int
+) -> SuiteEntry:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SuiteError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise SuiteError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = sorted({"instruction", "goal"} - set(obj))
+    if missing:
+        raise SuiteError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+    unknown = sorted(set(obj) - _LINE_KEYS)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"expected {sorted(_LINE_KEYS)}")
+    instruction = obj["instruction"]
+    if not isinstance(instruction, str):
+        raise SuiteError(f"{where}: 'instruction' must be a string")
+    level = obj.get("level", "custom")
+    if not isinstance(level, str) or not level:
+        raise SuiteError(f"{where}: 'level' must be a non-empty string")
+    try:
+        goal = validate_goal(obj["goal"])
+    except ValueError as exc:
+        raise SuiteError(f"{where}: goal: {exc}") from None
+    init = obj.get("init")
+    if init is not None:
+        init = _parse_init(init, where, obs_dim)
+    return SuiteEntry(instruction=instruction, level=level, goal=goal, init=init, source=where)
+
+
+def _parse_init(init: Any, where: str, obs_dim: int) -> tuple[float, ...]:
+    if not isinstance(init, list) or len(init) != obs_dim:
+        size = len(init) if isinstance(init, list) else type(init).__name__
+        raise SuiteError(f"{where}: 'init' must be a list of {obs_dim} numbers, got {size}")
+    values = []
+    for i, v in enumerate(init):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SuiteError(f"{where}: 'init'[{i}] must be a finite number, got {v!r}")
+        values.append(float(v))
+    return tuple(values)
+
+
+def load_suite(
+    path: str | Path,
+    validate_goal: Callable[[Any], dict[str, Any]] | None = None,
+    obs_dim: int | None = None,
+) -> GoalSuite:
+    """Load and validate a JSONL suite file (CLEVR's goal checker by default)."""
+    if validate_goal is None or obs_dim is None:
+        from kalm.envs.clevr.constants import OBS_DIM
+        from kalm.envs.clevr.goals import validate_goal as clevr_validate
+
+        validate_goal = validate_goal or clevr_validate
+        obs_dim = obs_dim or OBS_DIM
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such suite file")
+    with path.open(encoding="utf-8") as fh:
+        entries = parse_suite_lines(fh, str(path), validate_goal, obs_dim)
+    return GoalSuite(entries, name=path.stem)
+
+
+def builtin_suite_path(level: str) -> Path:
+    if level not in BUILTIN_LEVELS:
+        raise SuiteError(f"unknown built-in suite {level!r}; expected one of "
+                         f"{', '.join((*BUILTIN_LEVELS, 'all'))} or --suite-file")
+    return Path(str(resources.files("kalm.envs.clevr") / "suites" / f"{level}.jsonl"))
+
+
+def load_builtin_suite(level: str) -> GoalSuite:
+    """One built-in CLEVR suite, or `all` for the four of them together."""
+    if level == "all":
+        entries: list[SuiteEntry] = []
+        for name in BUILTIN_LEVELS:
+            entries.extend(load_suite(builtin_suite_path(name)).entries)
+        return GoalSuite(entries, name="all")
+    return load_suite(builtin_suite_path(level))
+
+
+def resolve_suite(suite: str | None, suite_file: str | Path | None) -> GoalSuite:
+    """The suite named on the command line: a file wins over a built-in name."""
+    if suite_file is not None:
+        return load_suite(suite_file)
+    return load_builtin_suite(suite or "train")
+
+
+def goal_cycle(suite: GoalSuite, n: int) -> Sequence[list[SuiteEntry]]:
+    """n paraphrase groups cycling through the suite's goals (episode i gets goal i mod G)."""
+    groups = suite.groups()
+    return [groups[i % len(groups)] for i in range(n)]

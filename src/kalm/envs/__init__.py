@@ -1,0 +1,8 @@
+"""Environments kalm knows; importing this registers them with Gymnasium."""
+
+import gymnasium as gym
+
+CLEVR_ID = "kalm/CLEVRRobot-v0"
+
+if CLEVR_ID not in gym.registry:
+    gym.register(id=CLEVR_ID, entry_point="kalm.envs.clevr.env:CLEVRRobotEnv")

@@ -1,0 +1,1 @@
+"""Evaluation in the real simulator and reporting."""

@@ -1,0 +1,151 @@
+"""Closed-loop evaluation of a policy in the real simulator, per goal level.
+
+Episode i takes goal i mod G of the suite (per level), one paraphrase drawn per episode, the
+suite's `init` or a reset seeded by (seed, i), and success by the same checks as everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from kalm.data.episodes import Episode
+from kalm.data.parallel import imap_ordered
+from kalm.data.rollout import Policy, episode_seed, make_builtin_policy, run_episode
+from kalm.data.suites import GoalSuite, SuiteEntry
+from kalm.eval.stats import wilson_interval
+
+
+@dataclass
+class LevelResult:
+    successes: int = 0
+    episodes: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        lo, hi = wilson_interval(self.successes, self.episodes)
+        return {"success_rate": self.success_rate, "episodes": self.episodes,
+                "successes": self.successes, "ci95": [lo, hi],
+                "mean_length": float(np.mean(self.lengths)) if self.lengths else 0.0}
+
+
+@dataclass
+class EvalResult:
+    policy: str
+    seed: int
+    levels: dict[str, LevelResult]
+    episodes: list[Episode] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "seed": self.seed,
+                "levels": {k: v.to_json() for k, v in self.levels.items()}}
+
+    def table(self) -> str:
+        rows = ["| level | success | 95% CI | episodes | mean length |",
+                "|---|---|---|---|---|"]
+        for name, r in self.levels.items():
+            j = r.to_json()
+            rows.append(f"| {name} | {100 * j['success_rate']:.1f}% | "
+                        f"[{100 * j['ci95'][0]:.1f}, {100 * j['ci95'][1]:.1f}] | "
+                        f"{r.episodes} | {j['mean_length']:.1f} |")
+        return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    level: str
+    index: int  # episode index within the level
+    entry: SuiteEntry  # the paraphrase used
+    seed: int
+
+
+def plan_episodes(suite: GoalSuite, episodes: int, seed: int) -> list[EvalTask]:
+    """`episodes` tasks per level, cycling through the level's goals."""
+    tasks = []
+    for level in suite.levels:
+        groups = suite.by_level(level).groups()
+        for i in range(episodes):
+            group = groups[i % len(groups)]
+            s = episode_seed(seed, i)
+            rng = np.random.default_rng(s)
+            entry = group[int(rng.integers(len(group)))]
+            tasks.append(EvalTask(level, i, entry, s))
+    return tasks
+
+
+PolicyFactory = Callable[[], Policy]
+_WORKER: dict[str, Any] = {}
+
+
+def _run_batch(args: tuple[PolicyFactory | str, list[EvalTask], int, str]) -> list[Episode]:
+    factory, tasks, seed, init_region = args
+    key = f"{factory!r}|{seed}|{init_region}"
+    if _WORKER.get("key") != key:
+        from kalm.envs.clevr.env import CLEVRRobotEnv
+
+        policy = make_builtin_policy(factory, seed) if isinstance(factory, str) else factory()
+        _WORKER.update(key=key, env=CLEVRRobotEnv(init_region=init_region), policy=policy)
+    env, policy = _WORKER["env"], _WORKER["policy"]
+    out = []
+    for t in tasks:
+        if hasattr(policy, "rng"):
+            policy.rng = np.random.default_rng(t.seed + 1)
+        ep = run_episode(env, policy, t.entry.goal, t.entry.instruction, seed=t.seed,
+                         init=t.entry.init)
+        out.append(ep)
+    return out
+
+
+def evaluate_policy(
+    policy: PolicyFactory | str,
+    suite: GoalSuite,
+    episodes: int,
+    seed: int = 0,
+    workers: int = 1,
+    init_region: str = "paper",
+    progress: bool = True,
+    name: str | None = None,
+) -> EvalResult:
+    """Success per level. `policy` is a built-in name or a picklable zero-argument factory."""
+    if episodes < 1:
+        raise ValueError("episodes must be at least 1")
+    tasks = plan_episodes(suite, episodes, seed)
+    batch = 10
+    batches = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
+    levels: dict[str, LevelResult] = {lvl: LevelResult() for lvl in suite.levels}
+    all_eps: list[Episode] = []
+    bar = tqdm(total=len(tasks), desc="evaluate", unit="ep", disable=not progress)
+    work = ((policy, b, seed, init_region) for b in batches)
+    for b, eps in zip(batches, imap_ordered(_run_batch, work, workers), strict=True):
+        for t, ep in zip(b, eps, strict=True):
+            r = levels[t.level]
+            r.episodes += 1
+            r.successes += int(ep.success)
+            r.lengths.append(ep.length)
+            ep.extras["level"] = t.level
+            all_eps.append(ep)
+        bar.update(len(b))
+    bar.close()
+    label = name or (policy if isinstance(policy, str) else getattr(policy, "__name__", "policy"))
+    return EvalResult(policy=str(label), seed=seed, levels=levels, episodes=all_eps)
+
+
+def write_json(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
