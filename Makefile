@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/kalm run-demo --out runs/demo
+	$(BIN)/kalm collect --suite train --episodes 500 --seed 0 --out runs/demo/real.h5
+	$(BIN)/kalm evaluate --policy expert --suite all --episodes 50 --seed 0 --json runs/demo/expert.json
+	$(BIN)/kalm evaluate --policy random --suite all --episodes 50 --seed 0 --json runs/demo/random.json
+	$(BIN)/kalm render runs/demo/real.h5 --index 0 --index 1 --index 2 --out runs/demo/gifs
 
 test: setup
 	$(BIN)/python -m pytest

@@ -1,0 +1,24 @@
+"""`make bench`: every benchmark at the size its BENCHMARKS.md row was measured with."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RUNS = [
+    ["env_speed.py", "--steps", "5000", "--repeats", "5"],
+    ["expert_success.py", "--episodes", "1000"],
+    ["collect_speed.py", "--episodes", "10000", "--workers", "2"],
+]
+
+
+def main() -> None:
+    for cmd in RUNS:
+        print(f"\n$ python benchmarks/{' '.join(cmd)}", flush=True)
+        subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True)
+
+
+if __name__ == "__main__":
+    main()
