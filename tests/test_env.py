@@ -92,9 +92,9 @@ def test_success_terminates_with_reward_and_truncation_at_limit():
     env = make()
     init = [0.4, 0.15, 0.0, 0.15, -0.4, 0.45, 0.4, -0.1, -0.4, -0.1]  # red right of blue
     goal_right = {"kind": "relation", "object": "red", "reference": "blue", "direction": "right"}
-    obs, info = env.reset(options={"init": init, "goal": goal_right, "instruction": "x"})
+    _, info = env.reset(options={"init": init, "goal": goal_right, "instruction": "x"})
     assert not info["is_success"]  # 0.4 apart: too far
-    obs, r, term, trunc, info = env.step(2)  # push red -x towards blue
+    _, r, term, trunc, info = env.step(2)  # push red -x towards blue
     assert term and info["is_success"] and r == 100.0 and not trunc
     env.reset(options={"init": SPREAD, "goal": GOAL, "instruction": "x"})
     steps = 0

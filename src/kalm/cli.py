@@ -145,6 +145,66 @@ def render(episodes_file, index, out, fps) -> None:
         click.echo(f"wrote {path} ({ep.length} steps, success={ep.success}): {ep.instruction}")
 
 
+@main.command()
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Episode file (.h5) to ground on.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (model, checkpoints, metrics).")
+@click.option("--backbone", default=None,
+              help="Local Hugging Face model folder; default: the packaged SmolLM2-135M.")
+@click.option("--lora", "lora_r", type=int, default=None,
+              help="LoRA rank (LoRA is the default mode, rank 16).")
+@click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (wins over --epochs).")
+@click.option("--epochs", type=float, default=None, help="Passes over the training episodes.")
+@click.option("--batch", "batch_size", type=int, default=None, help="Batch size (default 8).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast (CPU or GPU).")
+@click.option("--seed", type=int, default=None)
+@click.option("--time-limit", "time_limit_minutes", type=float, default=None,
+              help="Stop after this many minutes (the model is saved as at the end).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with GroundConfig fields (a `ground:` section or top level).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf16, seed,
+           time_limit_minutes, config_file, resume) -> None:
+    """Ground a causal LM in the environment: fine-tune on the four KALM objectives.
+
+    Works under `accelerate launch kalm ground ...` for several devices.
+    """
+    from kalm.config import ConfigError, from_dict, load_yaml
+    from kalm.llm.backbone import BackboneError
+    from kalm.llm.saving import CheckpointMismatch
+    from kalm.llm.train import GroundConfig
+    from kalm.llm.train import ground as run_ground
+
+    overrides = {"data": data, "out": out, "backbone": backbone, "steps": steps,
+                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "bf16": bf16,
+                 "seed": seed, "time_limit_minutes": time_limit_minutes}
+    try:
+        if config_file:
+            import yaml
+
+            raw = yaml.safe_load(Path(config_file).read_text()) or {}
+            section = "ground" if isinstance(raw, dict) and "ground" in raw else None
+            cfg = load_yaml(GroundConfig, config_file, section=section, overrides=overrides)
+        else:
+            cfg = from_dict(GroundConfig, {k: v for k, v in overrides.items() if v is not None})
+        if full:
+            cfg.adapter.mode = "full"
+        if lora_r is not None:
+            cfg.adapter.mode, cfg.adapter.lora_r = "lora", lora_r
+        if not cfg.data or not cfg.out:
+            raise ConfigError("--data and --out are required (or set them in --config)")
+        result = run_ground(cfg, resume=resume)
+    except (ConfigError, BackboneError, CheckpointMismatch, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    import json
+
+    click.echo(json.dumps(result, indent=2)[:4000])
+    click.echo(f"saved the grounded model to {cfg.out}")
+
+
 @main.command("check-suite")
 @click.argument("suite_file", type=click.Path(dir_okay=False))
 def check_suite(suite_file) -> None:

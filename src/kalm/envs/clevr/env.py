@@ -8,7 +8,7 @@ physics steps. Ball velocities carry over between actions, as in the original.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import mujoco
@@ -50,7 +50,7 @@ class CLEVRRobotEnv(gym.Env):
     only where ball centres can rest.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -123,7 +123,8 @@ class CLEVRRobotEnv(gym.Env):
 
     def sample_initial_positions(self, rng: np.random.Generator) -> np.ndarray:
         """Rejection-sample ball centres at least 0.36 apart (10 tries per ball, then restart)."""
-        low, high = (INIT_LOW, INIT_HIGH) if self.init_region == "paper" else (TABLE_LOW, TABLE_HIGH)
+        paper = self.init_region == "paper"
+        low, high = (INIT_LOW, INIT_HIGH) if paper else (TABLE_LOW, TABLE_HIGH)
         while True:
             placed: list[np.ndarray] = []
             for _ in range(NUM_BALLS):

@@ -6,6 +6,7 @@ suites, episode files, imagination and evaluation without conversion.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -158,7 +159,7 @@ def line_pairs(goal: Mapping[str, Any], state: np.ndarray) -> list[bool]:
     """For each consecutive pair of the order: is the step within 30 degrees of +x?"""
     order = goal.get("order", COLORS)
     out = []
-    for a, b in zip(order[:-1], order[1:], strict=True):
+    for a, b in itertools.pairwise(order):
         d = _xy(state, b) - _xy(state, a)
         n = float(np.hypot(*d))
         out.append(n > 0 and float(d[0]) / n >= _COS_LINE)

@@ -21,8 +21,8 @@ class _Canvas:
     def __init__(self, size: int) -> None:
         span = VIEW_HIGH - VIEW_LOW
         self.scale = size / float(span.max())
-        self.w = int(round(span[0] * self.scale))
-        self.h = int(round(span[1] * self.scale))
+        self.w = round(span[0] * self.scale)
+        self.h = round(span[1] * self.scale)
 
     def px(self, xy: Sequence[float]) -> tuple[float, float]:
         """World (x right, y up) to image pixels (+y drawn up)."""

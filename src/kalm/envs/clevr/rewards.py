@@ -59,7 +59,7 @@ def reward(
 def episode_rewards(
     goal: Mapping[str, Any], observations: np.ndarray, actions: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards and terminal flags of a whole episode (observations has one more row than actions)."""
+    """Rewards and terminal flags of an episode (observations has one row more than actions)."""
     n = len(actions)
     rewards = np.zeros(n, dtype=np.float32)
     terminals = np.zeros(n, dtype=bool)

@@ -1,0 +1,110 @@
+"""Grounding losses: state MSE (normalised), action CE (or MSE), explanation token CE.
+
+Each term is averaged per sample first, then over the samples that have it, so long episodes do
+not outweigh short ones and padding never counts. The LM head runs only on supervised text
+positions (the 49k-way softmax over every position would dominate the step time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kalm.llm.model import RolloutModel
+from kalm.llm.prompts import CONSEQUENCE, DYNAMICS, EXPLANATION, IGNORE, OBJECTIVES, ROLLOUT
+
+
+@dataclass
+class LossWeights:
+    state: float = 1.0
+    action: float = 1.0
+    text: float = 1.0
+
+
+def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """values (B, L), mask (B, L) -> per-sample mean (B,) and which samples have any."""
+    m = mask.float()
+    count = m.sum(1)
+    return (values * m).sum(1) / count.clamp_min(1.0), count > 0
+
+
+def grounding_losses(model: RolloutModel, batch: dict[str, torch.Tensor],
+                     weights: LossWeights | None = None) -> dict[str, torch.Tensor]:
+    """Total loss plus detached per-objective terms for logging."""
+    weights = weights or LossWeights()
+    x = model.embed(batch["input_ids"], batch["state_in_mask"], batch["state_in"],
+                    batch["action_in_mask"], batch["action_in"])
+    h, _ = model.hidden(x, attention_mask=batch["attention_mask"])
+    objective = batch["objective"]
+    zero = h.new_zeros((), dtype=torch.float32)
+    out: dict[str, torch.Tensor] = {}
+
+    # states: MSE in normalised units at the target positions
+    s_mask = batch["state_tgt_mask"]
+    if s_mask.any():
+        idx = s_mask.nonzero(as_tuple=True)
+        pred = model.predict_state(h[idx], batch["state_base"][idx])
+        err = ((pred - model.normalize(batch["state_tgt"][idx])) ** 2).mean(-1)
+        full = torch.zeros(s_mask.shape, dtype=err.dtype, device=err.device)
+        full[idx] = err
+        per, has = _per_sample_mean(full, s_mask)
+        state_loss = per[has].mean()
+        for name in (ROLLOUT, DYNAMICS, CONSEQUENCE):
+            sel = has & (objective == OBJECTIVES.index(name))
+            if sel.any():
+                out[f"{name}_state"] = per[sel].mean().detach()
+    else:
+        state_loss = zero
+
+    # actions: CE (discrete) / MSE (continuous) at the state slots of the rollout objective
+    a_mask = batch["action_tgt_mask"]
+    if a_mask.any():
+        idx = a_mask.nonzero(as_tuple=True)
+        pred = model.predict_action(h[idx])
+        tgt = batch["action_tgt"][idx]
+        if model.spec.action_type == "discrete":
+            err = F.cross_entropy(pred, tgt, reduction="none")
+            acc = (pred.argmax(-1) == tgt).float().mean()
+            out["rollout_action_acc"] = acc.detach()
+        else:
+            err = ((pred - tgt.float()) ** 2).mean(-1)
+        full = torch.zeros(a_mask.shape, dtype=err.dtype, device=err.device)
+        full[idx] = err
+        per, has = _per_sample_mean(full, a_mask)
+        action_loss = per[has].mean()
+        out["rollout_action"] = action_loss.detach()
+    else:
+        action_loss = zero
+
+    # text: next-token CE on the explanation's instruction tokens
+    labels = batch["labels"]
+    t_mask = labels != IGNORE
+    if t_mask.any():
+        idx = t_mask.nonzero(as_tuple=True)
+        logits = model.lm_head(h[idx]).float()
+        err = F.cross_entropy(logits, labels[idx], reduction="none")
+        full = torch.zeros(t_mask.shape, dtype=err.dtype, device=err.device)
+        full[idx] = err
+        per, has = _per_sample_mean(full, t_mask)
+        text_loss = per[has].mean()
+        out[f"{EXPLANATION}_text"] = text_loss.detach()
+    else:
+        text_loss = zero
+
+    out["loss"] = weights.state * state_loss + weights.action * action_loss + \
+        weights.text * text_loss
+    return out
+
+
+class GroundingObjective(torch.nn.Module):
+    """The losses as a module's forward, so DDP/DeepSpeed (through accelerate) see the graph."""
+
+    def __init__(self, model: RolloutModel, weights: LossWeights | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights or LossWeights()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return grounding_losses(self.model, batch, self.weights)

@@ -1,0 +1,164 @@
+"""Grounding metrics on held-out episodes, saved with the model.
+
+- rollout objective, teacher-forced: action accuracy and next-state error;
+- dynamics objective: next-state MSE (normalised) and error in metres;
+- consequence objective: final-state error in metres;
+- explanation: greedy-decoded goal text judged correct when it names the right colours and
+  direction (read back with the language parser).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kalm.data.episodes import EpisodeData
+from kalm.llm.batching import Paraphrases, collate
+from kalm.llm.model import RolloutModel
+from kalm.llm.prompts import PromptBuilder
+
+
+def _batches(seqs, size):
+    for i in range(0, len(seqs), size):
+        yield seqs[i : i + size]
+
+
+@torch.no_grad()
+def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs, batch_size: int = 16):
+    """Per-target (normalised squared error, metres error per ball) and action hits."""
+    spec = model.spec
+    norm_sq, metres, hits = [], [], []
+    for chunk in _batches(seqs, batch_size):
+        b = collate(chunk, builder.pad_id, spec.obs_dim, spec.action_type, spec.action_dim)
+        x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
+                        b["action_in"])
+        h, _ = model.hidden(x, attention_mask=b["attention_mask"])
+        idx = b["state_tgt_mask"].nonzero(as_tuple=True)
+        if idx[0].numel():
+            z = model.predict_state(h[idx], b["state_base"][idx])
+            tgt = b["state_tgt"][idx]
+            norm_sq.append(((z - model.normalize(tgt)) ** 2).mean(-1))
+            pred = model.clamp(model.denormalize(z))
+            metres.append((pred - tgt).abs())
+        idx = b["action_tgt_mask"].nonzero(as_tuple=True)
+        if idx[0].numel() and spec.action_type == "discrete":
+            hits.append((model.predict_action(h[idx]).argmax(-1) == b["action_tgt"][idx]).float())
+    def cat(xs):
+        return (torch.cat(xs) if xs else torch.zeros(0))
+    return cat(norm_sq), cat(metres), cat(hits)
+
+
+def _summary(norm_sq: torch.Tensor, abs_err: torch.Tensor) -> dict[str, float]:
+    if norm_sq.numel() == 0:
+        return {}
+    out = {"mse_normalised": float(norm_sq.mean()),
+           "rmse_m": float(abs_err.pow(2).mean().sqrt()),
+           "mae_m": float(abs_err.mean())}
+    if abs_err.shape[-1] % 2 == 0:  # xy pairs: per-object distance
+        d = abs_err.reshape(abs_err.shape[0], -1, 2).pow(2).sum(-1).sqrt()
+        out["mean_object_error_m"] = float(d.mean())
+    return out
+
+
+@torch.no_grad()
+def greedy_text(model: RolloutModel, builder: PromptBuilder, prompts, max_new_tokens: int = 40
+                ) -> list[str]:
+    """Greedy decoding through the LM head with a KV cache (prompts left-padded)."""
+    spec = model.spec
+    b = collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type, spec.action_dim)
+    lengths = b["attention_mask"].sum(1)
+    n, width = b["input_ids"].shape
+    # left-align: shift each right-padded row so all prompts end at the last column
+    shift = (width - lengths).tolist()
+    def left(t):
+        return torch.stack([torch.roll(t[i], shift[i], dims=0) for i in range(n)])
+    keys = ("input_ids", "attention_mask", "state_in_mask", "state_in", "action_in_mask",
+            "action_in")
+    b = {k: left(b[k]) for k in keys}
+    attn = b["attention_mask"]
+    pos = (attn.cumsum(1) - 1).clamp_min(0)
+    x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
+                    b["action_in"])
+    h, cache = model.hidden(x, attention_mask=attn, position_ids=pos, use_cache=True)
+    last = h[:, -1]
+    next_pos = pos[:, -1] + 1
+    out = [[] for _ in range(n)]
+    done = torch.zeros(n, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        tok = model.lm_head(last).argmax(-1)
+        for i in range(n):
+            if not done[i]:
+                if int(tok[i]) == builder.eos_id:
+                    done[i] = True
+                else:
+                    out[i].append(int(tok[i]))
+        if done.all():
+            break
+        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
+        h, cache = model.hidden(model.embed_tokens(tok[:, None]), attention_mask=attn,
+                                position_ids=next_pos[:, None], past_key_values=cache,
+                                use_cache=True)
+        last = h[:, -1]
+        next_pos = next_pos + 1
+    return [builder.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
+
+
+def explanation_correct(goal: dict[str, Any], text: str) -> bool:
+    """Does the text name the goal's colours and direction? (CLEVR relation/push goals)"""
+    from kalm.envs.clevr.language import parse_push, parse_relation
+
+    if goal["kind"] == "relation":
+        return parse_relation(text) == (goal["object"], goal["reference"], goal["direction"])
+    if goal["kind"] == "push":
+        return parse_push(text) == (goal["object"], goal["direction"])
+    return False
+
+
+@torch.no_grad()
+def grounding_metrics(model: RolloutModel, builder: PromptBuilder, data: EpisodeData,
+                      paraphrases: Paraphrases, max_episodes: int = 200,
+                      explain_episodes: int = 100, seed: int = 0) -> dict[str, Any]:
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    n = min(max_episodes, len(data))
+    eps = [data.episode(i) for i in range(n)]
+    texts = []
+    for ep in eps:
+        choices = paraphrases.choices(ep.goal, ep.instruction)
+        texts.append(choices[int(rng.integers(len(choices)))])
+    rollout = [builder.rollout(t, ep.observations, ep.actions) for t, ep in zip(texts, eps,
+                                                                               strict=True)]
+    sq, ab, hits = _state_errors(model, builder, rollout)
+    dyn = [builder.dynamics(ep.observations[t], ep.actions[t], ep.observations[t + 1])
+           for ep in eps for t in range(ep.length)]
+    dsq, dab, _ = _state_errors(model, builder, dyn)
+    cons = [builder.consequence(t, ep.observations[0], ep.observations[ep.length])
+            for t, ep in zip(texts, eps, strict=True)]
+    csq, cab, _ = _state_errors(model, builder, cons)
+    result: dict[str, Any] = {
+        "val_episodes": n,
+        "rollout_teacher_forced": {**_summary(sq, ab),
+                                   "action_accuracy": float(hits.mean()) if hits.numel() else
+                                   None},
+        "dynamics": _summary(dsq, dab),
+        "consequence": _summary(csq, cab),
+    }
+    m = min(explain_episodes, n)
+    if m and data.spec.env == "clevr":
+        correct = 0
+        samples = []
+        for chunk in _batches(list(range(m)), 16):
+            prompts = [builder.explanation_prompt(eps[i].observations, eps[i].actions)
+                       for i in chunk]
+            for i, text in zip(chunk, greedy_text(model, builder, prompts), strict=True):
+                ok = explanation_correct(eps[i].goal, text)
+                correct += ok
+                if len(samples) < 10:
+                    samples.append({"goal": eps[i].goal, "generated": text, "correct": ok})
+        result["explanation"] = {"accuracy": correct / m, "episodes": m, "samples": samples}
+    if was_training:
+        model.train()
+    return result

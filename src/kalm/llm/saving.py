@@ -1,0 +1,181 @@
+"""Building a rollout model (LoRA or full fine-tuning) and saving/loading it.
+
+A saved model is a folder with `kalm_model.json` (backbone identity, env spec, representation,
+adapter) and `weights.safetensors` (every trained parameter: LoRA and the new layers, or the
+whole model for full fine-tuning, plus the state normaliser). The JSON is written last, so a
+folder without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import kalm
+from kalm.llm.backbone import Backbone, load_backbone
+from kalm.llm.model import ModelConfig, RolloutModel, RolloutSpec
+
+FORMAT = "kalm-rollout-model-1"
+META = "kalm_model.json"
+WEIGHTS = "weights.safetensors"
+_BUFFERS = ("state_mean", "state_std", "state_low", "state_high")
+
+
+class CheckpointMismatch(ValueError):
+    """A saved model or checkpoint made for another backbone or environment."""
+
+
+@dataclass
+class AdapterConfig:
+    mode: str = "lora"  # "lora" | "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lora", "full"):
+            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+        if self.mode == "lora" and self.lora_r < 1:
+            raise ValueError("lora_r must be at least 1")
+
+
+def build_rollout_model(backbone: Backbone, spec: RolloutSpec, model_cfg: ModelConfig,
+                        adapter: AdapterConfig) -> RolloutModel:
+    """Wrap the backbone (LoRA through peft, or all weights trainable) and add the new layers."""
+    lm = backbone.model
+    if adapter.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = _existing_targets(lm, adapter.lora_targets)
+        lm = get_peft_model(lm, LoraConfig(r=adapter.lora_r, lora_alpha=adapter.lora_alpha,
+                                           lora_dropout=0.0, bias="none",
+                                           target_modules=targets))
+    else:
+        for p in lm.parameters():
+            p.requires_grad_(True)
+    model = RolloutModel(lm, spec, model_cfg)
+    for name in ("state_embed", "action_embed", "state_head", "action_head"):
+        for p in getattr(model, name).parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def _existing_targets(lm: torch.nn.Module, targets: list[str]) -> list[str]:
+    """LoRA target names present in this architecture (GPT-2 calls them c_attn, ...)."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
+    found = [t for t in targets if t in names]
+    if not found:
+        fallback = [t for t in ("c_attn", "c_proj", "query_key_value", "qkv_proj") if t in names]
+        if not fallback:
+            raise ValueError(f"none of the LoRA targets {targets} exist in this backbone; "
+                             "set lora_targets to its attention projection names")
+        return fallback
+    return found
+
+
+def trainable_state(model: RolloutModel) -> dict[str, torch.Tensor]:
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+             if p.requires_grad}
+    for b in _BUFFERS:
+        state[b] = getattr(model, b).detach().cpu().contiguous()
+    return state
+
+
+def load_trainable_state(model: RolloutModel, state: dict[str, torch.Tensor],
+                         where: str) -> None:
+    expected = {n for n, p in model.named_parameters() if p.requires_grad} | set(_BUFFERS)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - {n for n, _ in model.named_parameters()} - set(_BUFFERS))
+    if missing or unexpected:
+        raise CheckpointMismatch(
+            f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); was it saved with another adapter or backbone?")
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            target = own[name] if name in own else getattr(model, name)
+            if target.shape != value.shape:
+                raise CheckpointMismatch(f"{where}: '{name}' has shape {tuple(value.shape)}, "
+                                         f"this model has {tuple(target.shape)}")
+            target.copy_(value.to(target.dtype))
+
+
+def model_meta(model: RolloutModel, backbone: Backbone, adapter: AdapterConfig,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"format": FORMAT, "kalm_version": kalm.__version__,
+            "backbone": {"name": backbone.name, "identity": backbone.identity},
+            "adapter": asdict(adapter), **model.describe(), **(extra or {})}
+
+
+def save_rollout_model(model: RolloutModel, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write weights then metadata, each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META).unlink(missing_ok=True)  # incomplete until the JSON is back
+    tmp = folder / f".{WEIGHTS}.tmp{os.getpid()}"
+    state = trainable_state(model)
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS)
+    tmp_meta = folder / f".{META}.tmp{os.getpid()}"
+    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp_meta.replace(folder / META)
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / META
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {META}; not a saved kalm model (or incomplete)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointMismatch(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
+    return meta
+
+
+def check_backbone(meta: dict[str, Any], backbone: Backbone, where: str) -> None:
+    saved = meta["backbone"]["identity"]
+    if saved.get("digest") != backbone.identity.get("digest"):
+        raise CheckpointMismatch(
+            f"{where} was made for backbone {meta['backbone']['name']!r} ({_fmt(saved)}), "
+            f"but the backbone given is {backbone.name!r} ({_fmt(backbone.identity)})")
+
+
+def check_spec(meta: dict[str, Any], spec: RolloutSpec, where: str) -> None:
+    saved = meta["spec"]
+    keys = ("env", "obs_dim", "action_type", "action_dim")
+    if any(saved[k] != getattr(spec, k) for k in keys):
+        raise CheckpointMismatch(
+            f"{where} was made for env spec {({k: saved[k] for k in keys})}, not "
+            f"{({k: getattr(spec, k) for k in keys})}")
+
+
+def _fmt(ident: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ident.items() if k != "digest")
+
+
+def load_rollout_model(folder: str | Path, backbone: Backbone | None = None,
+                       spec: RolloutSpec | None = None) -> tuple[RolloutModel, dict[str, Any]]:
+    """Rebuild a saved model on its backbone (loaded from the stored name unless given)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if backbone is None:
+        backbone = load_backbone(None if meta["backbone"]["name"] == "smollm2-135m-instruct"
+                                 else meta["backbone"]["name"])
+    check_backbone(meta, backbone, str(folder))
+    saved_spec = RolloutSpec(**{k: (tuple(v) if isinstance(v, list) else v)
+                                for k, v in meta["spec"].items()})
+    if spec is not None:
+        check_spec(meta, spec, str(folder))
+    model = build_rollout_model(backbone, saved_spec, ModelConfig(**meta["model"]),
+                                AdapterConfig(**meta["adapter"]))
+    load_trainable_state(model, load_file(str(folder / WEIGHTS)), str(folder / WEIGHTS))
+    model.eval()
+    return model, meta
