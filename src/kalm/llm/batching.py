@@ -81,6 +81,8 @@ class GroundingSamples(torch.utils.data.Dataset):
         return self._perms[epoch]
 
     def __getitem__(self, i: int) -> SampleSpec:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         epoch, pos = divmod(i, self.n_episodes)
         step, slot = divmod(i, self.batch_size)
         episode = int(self._perm(epoch)[pos])

@@ -50,6 +50,10 @@ def build_rollout_model(backbone: Backbone, spec: RolloutSpec, model_cfg: ModelC
                         adapter: AdapterConfig) -> RolloutModel:
     """Wrap the backbone (LoRA through peft, or all weights trainable) and add the new layers."""
     lm = backbone.model
+    if hasattr(lm, "peft_config") or getattr(backbone, "_used", False):
+        raise ValueError("this backbone object already carries a rollout model; load a fresh "
+                         "one for each model (LoRA layers are injected in place)")
+    backbone._used = True
     if adapter.mode == "lora":
         from peft import LoraConfig, get_peft_model
 

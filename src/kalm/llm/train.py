@@ -300,7 +300,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        values = {k: float(v) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
         for k, v in values.items():
             running[k] = 0.9 * running.get(k, v) + 0.1 * v
         bar.update(1)

@@ -1,0 +1,288 @@
+"""Grounding: prompt layouts, masks, losses, save/load, resume, LoRA/full, learning on tiny data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kalm.data.episodes import EnvSpecInfo, Episode, EpisodeData, write_episodes
+from kalm.llm.backbone import BackboneError, load_backbone, resolve_backbone_path, tiny_backbone
+from kalm.llm.batching import (
+    Collator,
+    GroundingSamples,
+    Paraphrases,
+    collate,
+    objective_counts,
+)
+from kalm.llm.losses import grounding_losses
+from kalm.llm.model import ModelConfig, RolloutSpec
+from kalm.llm.prompts import IGNORE, PromptBuilder, normalize_instruction
+from kalm.llm.saving import (
+    AdapterConfig,
+    CheckpointMismatch,
+    build_rollout_model,
+    load_rollout_model,
+    model_meta,
+    save_rollout_model,
+)
+from kalm.llm.train import GroundConfig, ground
+
+SPEC = RolloutSpec("clevr", 10, "discrete", 40)
+GOAL = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_backbone().tokenizer
+
+
+@pytest.fixture
+def tiny(tokenizer):
+    """A fresh tiny backbone per use: LoRA layers are injected in place."""
+    return tiny_backbone(tokenizer=tokenizer)
+
+
+def fresh(tokenizer, **kw):
+    return tiny_backbone(tokenizer=tokenizer, **kw)
+
+
+@pytest.fixture(scope="module")
+def builder(tokenizer):
+    return PromptBuilder(tokenizer)
+
+
+def episodes(n=12, seed=0, max_len=4):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(1, max_len + 1))
+        obs = np.zeros((k + 1, 10), np.float32)
+        obs[0] = rng.uniform(-0.4, 0.4, 10)
+        acts = rng.integers(0, 40, k)
+        for t in range(k):  # simple learnable dynamics: the pushed ball moves by its direction
+            obs[t + 1] = obs[t]
+            ball, d = divmod(int(acts[t]), 8)
+            obs[t + 1, 2 * ball] += 0.2 * [1, 0, -1, 0, 0.7, -0.7, 0.7, -0.7][d]
+            obs[t + 1, 2 * ball + 1] += 0.2 * [0, 1, 0, -1, 0.7, 0.7, -0.7, -0.7][d]
+        term = np.zeros(k, bool)
+        term[-1] = True
+        out.append(Episode(obs, acts, np.zeros(k, np.float32), term, "Push red left of blue",
+                           GOAL))
+    return EpisodeData.from_episodes(out, EnvSpecInfo("clevr", 10, "discrete", 40))
+
+
+# ---------------------------------------------------------------- layouts and masks
+def test_rollout_layout(builder):
+    obs = np.arange(30, dtype=np.float32).reshape(3, 10)
+    seq = builder.rollout("Push red left of blue", obs, np.array([5, 9]))
+    p = len(builder.tokens("Goal: Push red left of blue.\nRollout:"))
+    assert sorted(seq.state_in) == [p, p + 2, p + 4]
+    assert sorted(seq.action_in) == [p + 1, p + 3]
+    assert seq.action_tgt == {p: 5, p + 2: 9}  # a_t read at s_t's slot
+    assert sorted(seq.state_tgt) == [p + 1, p + 3]  # s_{t+1} read at a_t's slot
+    target, base = seq.state_tgt[p + 1]
+    np.testing.assert_array_equal(target, obs[1])
+    np.testing.assert_array_equal(base, obs[0])
+    assert len(seq) == p + 5  # no padding between prompt and trajectory
+    assert not seq.labels
+
+
+def test_dynamics_and_consequence_layout(builder):
+    s, s2 = np.zeros(10, np.float32), np.ones(10, np.float32)
+    seq = builder.dynamics(s, 7, s2)
+    k = len(builder.tokens("Dynamics.\nState:"))
+    m = len(builder.tokens(" Action:"))
+    n = len(builder.tokens(" Next state:"))
+    assert list(seq.state_in) == [k] and list(seq.action_in) == [k + 1 + m]
+    assert list(seq.state_tgt) == [k + 1 + m + n] == [seq.last]
+    seq = builder.consequence("Go", s, s2)
+    assert list(seq.state_in) == [len(builder.tokens("Start state:"))]
+    assert list(seq.state_tgt) == [seq.last]
+
+
+def test_explanation_supervises_only_the_instruction(builder):
+    obs = np.zeros((3, 10), np.float32)
+    seq = builder.explanation("Push red left of blue", obs, np.array([1, 2]))
+    instr = builder.tokens(" Push red left of blue.")
+    assert len(seq.labels) == len(instr) + 1  # instruction tokens + end token
+    first = min(seq.labels)
+    assert seq.labels[first] == instr[0]
+    assert seq.labels[seq.last - 1] == builder.eos_id
+    assert max(seq.state_in) < first  # nothing in the trajectory is a text target
+
+
+def test_normalize_instruction():
+    assert normalize_instruction("  push  red ") == "push red."
+    assert normalize_instruction("Push red.") == "Push red."
+    assert normalize_instruction("Is it there?") == "Is it there?"
+    with pytest.raises(ValueError):
+        normalize_instruction("   ")
+
+
+def test_objective_counts_explicit():
+    assert objective_counts({"rollout": 1, "dynamics": 1, "consequence": 1,
+                             "explanation": 1}, 8) == {
+        "rollout": 2, "dynamics": 2, "consequence": 2, "explanation": 2}
+    c = objective_counts({"rollout": 2, "explanation": 1}, 6)
+    assert c == {"rollout": 4, "dynamics": 0, "consequence": 0, "explanation": 2}
+    assert sum(objective_counts({"rollout": 1, "dynamics": 1, "consequence": 1}, 8).values()) == 8
+    with pytest.raises(ValueError, match="unknown objective"):
+        objective_counts({"imagine": 1}, 4)
+
+
+def test_batches_follow_the_mix_and_cover_episodes():
+    ds = GroundingSamples(episodes=10, batch_size=4, steps=5,
+                          weights={"rollout": 1, "explanation": 1}, seed=0)
+    batch = [ds[i] for i in range(4)]
+    assert [s.objective for s in batch] == ["rollout", "rollout", "explanation", "explanation"]
+    first_epoch = {ds[i].episode for i in range(10)}
+    assert first_epoch == set(range(10))
+    assert [ds[i] for i in range(8)] == [ds[i] for i in range(8)]  # deterministic
+
+
+def test_collate_masks_and_padding(builder):
+    obs = np.zeros((3, 10), np.float32)
+    a = builder.rollout("Short", obs[:2], np.array([3]))
+    b = builder.explanation("A much longer instruction than the other one", obs,
+                            np.array([1, 2]))
+    t = collate([a, b], builder.pad_id, 10, "discrete", 40)
+    assert t["attention_mask"][0].sum() == len(a) and t["attention_mask"][1].sum() == len(b)
+    assert not t["state_in_mask"][0, len(a):].any()
+    assert (t["labels"][0] == IGNORE).all()
+    assert t["action_tgt_mask"][0].sum() == 1 and t["state_tgt_mask"][0].sum() == 1
+    assert (t["labels"][1] != IGNORE).sum() == len(b.labels)
+
+
+def test_losses_ignore_padding(tiny, builder):
+    torch.manual_seed(0)
+    model = build_rollout_model(tiny, SPEC, ModelConfig(), AdapterConfig(mode="full")).eval()
+    data = episodes(3)
+    col = Collator(data, builder, Paraphrases(), "discrete", 40)
+    ds = GroundingSamples(3, 1, 8, {"rollout": 1}, 0)
+    spec = ds[0]
+    alone = grounding_losses(model, col([spec]))
+    long_spec = type(spec)(episode=(spec.episode + 1) % 3, objective="explanation", seed=1)
+    padded = col([spec, long_spec])  # the first row now carries right padding
+    with torch.no_grad():
+        both = grounding_losses(model, padded)
+    assert float(both["rollout_state"]) == pytest.approx(float(alone["rollout_state"]), rel=1e-4)
+    assert float(both["rollout_action"]) == pytest.approx(float(alone["rollout_action"]),
+                                                          rel=1e-4)
+
+
+# ---------------------------------------------------------------- saving and training
+def _train(tmp_path, tokenizer, name, steps, resume=False, mode="lora", **kw):
+    data_path = tmp_path / "real.h5"
+    if not data_path.exists():
+        write_episodes(episodes(12), data_path)
+    cfg = GroundConfig(data=str(data_path), out=str(tmp_path / name), steps=steps, batch_size=4,
+                       paraphrase_suite="", save_every=3, eval_every=3, metrics_episodes=2,
+                       explain_episodes=1, adapter=AdapterConfig(mode=mode, lora_r=4), **kw)
+    return ground(cfg, resume=resume, backbone=fresh(tokenizer), progress=False)
+
+
+def test_save_load_identical_outputs(tmp_path, tokenizer, builder):
+    _train(tmp_path, tokenizer, "g", steps=3)
+    model, meta = load_rollout_model(tmp_path / "g", backbone=fresh(tokenizer))
+    assert meta["adapter"]["mode"] == "lora"
+    data = episodes(2, seed=5)
+    col = Collator(data, builder, Paraphrases(), "discrete", 40)
+    batch = col(list(GroundingSamples(2, 4, 1, {"rollout": 1, "dynamics": 1}, 0)))
+    again, _ = load_rollout_model(tmp_path / "g", backbone=fresh(tokenizer))
+    with torch.no_grad():
+        a = grounding_losses(model, batch)
+        b = grounding_losses(again, batch)
+    for k in a:
+        assert float(a[k]) == float(b[k])
+    assert json.loads((tmp_path / "g" / "kalm_model.json").read_text())["spec"]["obs_dim"] == 10
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tokenizer):
+    _train(tmp_path, tokenizer, "straight", steps=6)
+    _train(tmp_path, tokenizer, "split", steps=6, time_limit_minutes=0.0)  # stops after 1 step
+    (tmp_path / "split" / "kalm_model.json").unlink()
+    _train(tmp_path, tokenizer, "split", steps=6, resume=True)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "straight" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "split" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(ln)["step"] for ln in
+             (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(ln)["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_lora_and_full_modes_train_the_right_parameters(tmp_path, tokenizer):
+    lora = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(), AdapterConfig(lora_r=4))
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in names)
+    assert {"state_embed.weight", "action_embed.weight", "state_head.weight",
+            "action_head.weight"} <= set(names)
+    assert not any("embed_tokens" in n for n in names)
+    full = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(), AdapterConfig(mode="full"))
+    assert all(p.requires_grad for p in full.parameters())
+    _train(tmp_path, tokenizer, "full", steps=2, mode="full")
+    model, _ = load_rollout_model(tmp_path / "full", backbone=fresh(tokenizer))
+    assert model.spec.action_dim == 40
+
+
+def test_checkpoint_for_another_backbone_is_refused(tmp_path, tiny):
+    model = build_rollout_model(tiny, SPEC, ModelConfig(), AdapterConfig(lora_r=4))
+    save_rollout_model(model, tmp_path / "m", model_meta(model, tiny, AdapterConfig(lora_r=4)))
+    other = tiny_backbone(tokenizer=tiny.tokenizer, hidden=32, layers=1)
+    with pytest.raises(CheckpointMismatch, match="made for backbone"):
+        load_rollout_model(tmp_path / "m", backbone=other)
+    with pytest.raises(CheckpointMismatch, match="env spec"):
+        load_rollout_model(tmp_path / "m", backbone=fresh(tiny.tokenizer),
+                           spec=RolloutSpec("toy", 4, "continuous", 2))
+
+
+def test_backbone_name_must_be_a_local_folder(tmp_path):
+    with pytest.raises(BackboneError, match="never downloads"):
+        resolve_backbone_path("HuggingFaceTB/SmolLM2-135M")
+    with pytest.raises(BackboneError, match="config.json"):
+        resolve_backbone_path(tmp_path)
+
+
+def test_tiny_model_overfits_a_handful_of_episodes(tmp_path, tokenizer, builder):
+    """The whole path learns: teacher-forced next-state error falls by 10x."""
+    from kalm.llm.metrics import _state_errors
+
+    torch.manual_seed(0)
+    data = episodes(4, seed=3, max_len=3)
+    model = build_rollout_model(fresh(tokenizer, seed=1), SPEC, ModelConfig(state_head="absolute"),
+                                AdapterConfig(mode="full"))
+    from kalm.llm.train import state_statistics
+
+    mean, std = state_statistics(data)
+    model.set_normalizer(torch.from_numpy(mean), torch.from_numpy(std))
+    seqs = [builder.dynamics(data.episode(i).observations[t], data.episode(i).actions[t],
+                             data.episode(i).observations[t + 1])
+            for i in range(len(data)) for t in range(data.episode(i).length)]
+    before = float(_state_errors(model, builder, seqs)[0].mean())
+    batch = collate(seqs, builder.pad_id, 10, "discrete", 40)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        loss = grounding_losses(model, batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(_state_errors(model, builder, seqs)[0].mean())
+    assert after < before / 10, (before, after)
+
+
+@pytest.mark.slow
+def test_default_backbone_loads_and_trains_one_step(tmp_path):
+    backbone = load_backbone()
+    assert backbone.identity["hidden_size"] == 576
+    write_episodes(episodes(6), tmp_path / "real.h5")
+    cfg = GroundConfig(data=str(tmp_path / "real.h5"), out=str(tmp_path / "g"), steps=1,
+                       batch_size=2, paraphrase_suite="", metrics_episodes=1,
+                       explain_episodes=1)
+    result = ground(cfg, backbone=backbone, progress=False)
+    assert result["steps"] == 1
+    assert (tmp_path / "g" / "weights.safetensors").exists()
