@@ -32,8 +32,8 @@ def main() -> None:
         size = os.path.getsize(out)
     lengths = data.lengths
     attempts = int(data.attrs["attempts"])
-    print(f"| episodes kept | attempts | workers | transitions | median length | wall time | "
-          f"episodes/s | file size |")
+    print("| episodes kept | attempts | workers | transitions | median length | wall time | "
+          "episodes/s | file size |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {len(data)} | {attempts} | {args.workers} | {data.num_transitions} | "
           f"{np.median(lengths):.0f} | {wall / 60:.1f} min | {len(data) / wall:.1f} | "

@@ -244,7 +244,7 @@ def test_checkpoint_for_another_backbone_is_refused(tmp_path, tiny):
 def test_backbone_name_must_be_a_local_folder(tmp_path):
     with pytest.raises(BackboneError, match="never downloads"):
         resolve_backbone_path("HuggingFaceTB/SmolLM2-135M")
-    with pytest.raises(BackboneError, match="config.json"):
+    with pytest.raises(BackboneError, match=r"config\.json"):
         resolve_backbone_path(tmp_path)
 
 

@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from kalm import envs as envs  # noqa: E402  (registers kalm/CLEVRRobot-v0 with Gymnasium)
+from kalm import envs as envs
