@@ -1,0 +1,130 @@
+"""Grounding training throughput of the default backbone, against this CPU's matmul peak.
+
+For each mode (LoRA / full fine-tuning, fp32 / bf16 autocast) a fresh process builds the model,
+runs warm-up steps, then times training steps on batches of 8 real CLEVR samples (the four
+objectives mixed equally, expert episodes, so real sequence lengths). The peak is a large torch
+matmul in the same dtype, measured in the same run. Peak memory is the process's max RSS.
+
+    python benchmarks/grounding_throughput.py --steps 6 [--data real.h5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = [("lora", "fp32"), ("lora", "bf16"), ("full", "fp32"), ("full", "bf16")]
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
+    """Best-of GFLOP/s of an n x n x n matmul in the given dtype."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int) -> dict:
+    import torch
+
+    from kalm.llm.losses import grounding_losses
+    from kalm.llm.saving import AdapterConfig
+    from kalm.llm.train import GroundConfig, Grounder
+
+    cfg = GroundConfig(data=data, out="", adapter=AdapterConfig(mode=mode), batch_size=8,
+                       bf16=precision == "bf16", paraphrase_suite="train")
+    g = Grounder(cfg)
+    model = g.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in params)
+    n_body = sum(p.numel() for p in model.body.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    from kalm.llm.batching import GroundingSamples
+
+    samples = GroundingSamples(len(g.train_data), 8, warmup + steps, cfg.objectives, 0)
+    col = g.collator(g.train_data)
+    batches = [col([samples[i * 8 + j] for j in range(8)]) for i in range(warmup + steps)]
+    times, tokens = [], []
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = grounding_losses(model, batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            tokens.append(int(batch["attention_mask"].sum()))
+    secs = sum(times)
+    tok = sum(tokens)
+    # FLOPs per token: forward 2N; backward 2N for activation grads (+2N weight grads if full)
+    flops_per_token = (6 if mode == "full" else 4) * n_body
+    achieved = flops_per_token * tok / secs / 1e9
+    peak = matmul_peak(precision)
+    return {"mode": mode, "precision": precision, "steps_per_s": len(times) / secs,
+            "s_per_step": secs / len(times), "tokens_per_s": tok / secs,
+            "mean_seq_len": tok / (8 * len(times)), "trainable_params": n_train,
+            "achieved_gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
+            "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def ensure_data(path: str | None, tmp: str) -> str:
+    if path:
+        return path
+    from kalm.data.collect import CollectConfig, collect
+
+    out = str(Path(tmp) / "real.h5")
+    collect(CollectConfig(out=out, episodes=300, seed=123, workers=2), progress=False)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default=None, help="expert episode file (default: collect 300)")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--one", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_mode(*args.one, args.data, args.steps, args.warmup)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        data = ensure_data(args.data, tmp)
+        rows = []
+        for mode, prec in MODES:  # one process per mode: clean peak-memory figures
+            out = subprocess.run([sys.executable, __file__, "--one", mode, prec, "--data", data,
+                                  "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                                 check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print("| mode | precision | s/step | steps/s | tokens/s | mean seq len | trainable params "
+          "| achieved GFLOP/s | matmul peak GFLOP/s | fraction of peak | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['precision']} | {r['s_per_step']:.2f} | "
+              f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['mean_seq_len']:.0f} | "
+              f"{r['trainable_params'] / 1e6:.2f} M | {r['achieved_gflops']:.0f} | "
+              f"{r['peak_gflops']:.0f} | {100 * r['fraction_of_peak']:.0f}% | "
+              f"{r['max_rss_gb']:.1f} GB |")
+
+
+if __name__ == "__main__":
+    main()
