@@ -205,6 +205,70 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
     click.echo(f"saved the grounded model to {cfg.out}")
 
 
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="A grounded model folder (the --out of `kalm ground`).")
+@click.option("--suite", type=SUITE_CHOICES, default="rephrase", show_default=True)
+@click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
+              help="A JSONL goal suite to use instead of a built-in one.")
+@click.option("--per-goal", type=int, default=10, show_default=True,
+              help="Rollouts per goal of the suite.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
+@click.option("--batch", "batch_size", type=int, default=16, show_default=True)
+@click.option("--max-steps", type=int, default=None,
+              help="Cap on the rollout length (default: the goal's own limit, 50; 1 for push).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="Action sampling temperature; 0 = greedy.")
+@click.option("--no-cache", is_flag=True,
+              help="Re-encode the whole sequence each step (tests and benchmarks only).")
+@click.option("--filter", "filter_", is_flag=True,
+              help="Drop rollouts with unrealistic transitions.")
+@click.option("--filter-explanation", is_flag=True,
+              help="Drop rollouts whose own explanation names another goal (cycle consistency).")
+@click.option("--backbone", default=None, help="Load the model onto this local backbone folder.")
+def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, seed,
+            temperature, no_cache, filter_, filter_explanation, backbone) -> None:
+    """Imagine rollouts for a goal suite with a grounded model, labelled and quality-checked.
+
+    Writes an episode file (source `imagined`) and OUT.stats.json with the match rates
+    (self-judged and replayed in the real simulator), unrealistic-transition rates and the
+    state error against the simulator per step.
+    """
+    import json
+
+    from kalm.data.suites import SuiteError
+    from kalm.imagination.stage import ImagineConfig
+    from kalm.imagination.stage import imagine as run_imagine
+    from kalm.llm.backbone import BackboneError
+    from kalm.llm.saving import CheckpointMismatch
+
+    cfg = ImagineConfig(model=model_dir, out=out, suite=suite, suite_file=suite_file,
+                        per_goal=per_goal, batch_size=batch_size, max_steps=max_steps,
+                        seed=seed, temperature=temperature, use_cache=not no_cache,
+                        filter=filter_, filter_explanation=filter_explanation,
+                        backbone=backbone)
+    try:
+        stats = run_imagine(cfg)
+    except (SuiteError, BackboneError, CheckpointMismatch, FileNotFoundError, ValueError,
+            RuntimeError) as exc:
+        _fail(exc)
+    click.echo("| level | rollouts | self-judged match | replayed match | random replay | "
+               "out of table | exceed dynamics | interpenetration | untouched moved | "
+               "state error (m) |")
+    click.echo("|---|---|---|---|---|---|---|---|---|---|")
+    for level, r in stats["levels"].items():
+        click.echo(f"| {level} | {r['rollouts']} | {100 * r['self_judged_match']:.1f}% | "
+                   f"{100 * r['replayed_match']:.1f}% | {100 * r['random_replay_match']:.1f}% | "
+                   f"{r['out_of_table_pct']:.1f}% | {r['exceed_dynamics_pct']:.1f}% | "
+                   f"{r['interpenetration_pct']:.1f}% | {r['untouched_moved_pct']:.1f}% | "
+                   f"{r['state_error_mean_m']:.3f} |")
+    if stats["skipped"]:
+        click.echo(f"skipped {len(stats['skipped'])} goal(s): "
+                   + json.dumps(stats["skipped"][:3]))
+    click.echo(f"kept {stats['kept']} of {stats['generated']} rollouts -> {out}")
+
+
 @main.command("check-suite")
 @click.argument("suite_file", type=click.Path(dir_okay=False))
 def check_suite(suite_file) -> None:

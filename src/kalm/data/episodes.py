@@ -251,7 +251,11 @@ def write_episodes(data: EpisodeData, path: str | Path) -> Path:
             if data.extras:
                 grp = f.create_group("extras")
                 for key, arr in data.extras.items():
-                    grp.create_dataset(key, data=arr)
+                    if arr.dtype.kind in "UO":
+                        grp.create_dataset(key, data=np.array([str(v) for v in arr],
+                                                              dtype=object), dtype=_STR)
+                    else:
+                        grp.create_dataset(key, data=arr)
             attrs = {
                 **{k: v for k, v in data.attrs.items() if isinstance(v, (str, int, float, bool))},
                 "env": data.spec.env,
@@ -308,7 +312,11 @@ def read_episodes(path: str | Path) -> EpisodeData:
                 goals.append(json.loads(g))
             except json.JSONDecodeError:
                 raise EpisodeFileError(f"{path}: 'goals'[{i}] is not JSON: {g[:60]!r}") from None
-        extras = {k: f["extras"][k][()] for k in f["extras"]} if "extras" in f else {}
+        extras = {}
+        for k in f.get("extras", {}):
+            ds = f["extras"][k]
+            extras[k] = (np.array(ds.asstr()[()], dtype=str) if h5py.check_string_dtype(ds.dtype)
+                         else ds[()])
         data = EpisodeData(
             spec=spec,
             observations=f["observations"][()],

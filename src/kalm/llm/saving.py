@@ -65,6 +65,7 @@ def build_rollout_model(backbone: Backbone, spec: RolloutSpec, model_cfg: ModelC
         for p in lm.parameters():
             p.requires_grad_(True)
     model = RolloutModel(lm, spec, model_cfg)
+    model.tokenizer = backbone.tokenizer  # travels with the model: prompts need it
     for name in ("state_embed", "action_embed", "state_head", "action_head"):
         for p in getattr(model, name).parameters():
             p.requires_grad_(True)

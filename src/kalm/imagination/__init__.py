@@ -1,0 +1,1 @@
+"""Imagination: rollouts for new goals from a grounded model, with quality checks."""

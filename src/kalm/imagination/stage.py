@@ -1,0 +1,243 @@
+"""`kalm imagine`: imaginary rollouts for a goal suite, labelled and checked.
+
+Each rollout starts from the goal's `init` or a seeded reset of the real env (redrawn while the
+goal already holds, as for real data), is decoded by the grounded model, labelled with the same
+success and reward functions as real data, and checked against the simulator. Work is done in
+chunks written to `<out>.parts/`, so an interrupted run resumes; the output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
+from kalm.data.rollout import episode_seed, reset_unsolved
+from kalm.data.suites import resolve_suite
+from kalm.envs.clevr.env import CLEVRRobotEnv
+from kalm.envs.clevr.goals import is_success, max_steps
+from kalm.envs.clevr.rewards import episode_rewards
+from kalm.imagination.quality import QualityReport, RolloutCheck, assess
+from kalm.llm.generate import imagine_batch
+from kalm.llm.prompts import PromptBuilder, normalize_instruction
+
+
+@dataclass
+class ImagineConfig:
+    model: str = ""
+    out: str = ""
+    suite: str = "rephrase"
+    suite_file: str | None = None
+    per_goal: int = 10
+    batch_size: int = 16
+    max_steps: int | None = None  # cap on the goal's own limit (50; 1 for push goals)
+    seed: int = 0
+    temperature: float = 0.0
+    use_cache: bool = True
+    filter: bool = False  # drop rollouts with unrealistic transitions
+    filter_explanation: bool = False  # drop rollouts whose own explanation names another goal
+    init_region: str = "paper"
+    chunk_size: int = 128
+    backbone: str | None = None  # load the model onto this local backbone folder instead
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    level: str
+    instruction: str
+    goal: dict[str, Any]
+    init: tuple[float, ...] | None
+
+
+def plan_tasks(cfg: ImagineConfig) -> list[Task]:
+    suite = resolve_suite(cfg.suite, cfg.suite_file)
+    tasks = []
+    for group in suite.groups():
+        for _ in range(cfg.per_goal):
+            i = len(tasks)
+            rng = np.random.default_rng(episode_seed(cfg.seed, i))
+            e = group[int(rng.integers(len(group)))]
+            tasks.append(Task(i, e.level, e.instruction, e.goal, e.init))
+    return tasks
+
+
+def _context_ok(builder: PromptBuilder, model, text: str, steps: int) -> str | None:
+    """Why a prompt cannot be used, or None."""
+    try:
+        norm = normalize_instruction(text)
+    except ValueError:
+        return "empty instruction"
+    limit = getattr(model.backbone.config, "max_position_embeddings", None)
+    need = len(builder.tokens(f"Goal: {norm}\nRollout:")) + 2 * steps + 2
+    if limit is not None and need > limit:
+        return f"prompt needs {need} positions, the backbone has {limit}"
+    return None
+
+
+def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, env: CLEVRRobotEnv,
+               tasks: list[Task], bar) -> tuple[list[Episode], list[dict[str, Any]]]:
+    episodes, skipped = [], []
+    ready = []
+    for t in tasks:
+        steps = max_steps(t.goal) if cfg.max_steps is None else min(cfg.max_steps,
+                                                                     max_steps(t.goal))
+        why = _context_ok(builder, model, t.instruction, steps)
+        if why:
+            skipped.append({"index": t.index, "instruction": t.instruction, "reason": why})
+            bar.update(1)
+            continue
+        s = episode_seed(cfg.seed, t.index)
+        s0, _ = reset_unsolved(env, t.goal, t.instruction, s, t.init)
+        ready.append((t, steps, s0.astype(np.float32), s))
+    for i in range(0, len(ready), cfg.batch_size):
+        batch = ready[i : i + cfg.batch_size]
+        rolls = imagine_batch(model, builder, [b[0].instruction for b in batch],
+                              np.stack([b[2] for b in batch]), [b[0].goal for b in batch],
+                              [b[1] for b in batch], is_success, temperature=cfg.temperature,
+                              seed=cfg.seed + i, use_cache=cfg.use_cache)
+        for (t, _, _, s), r in zip(batch, rolls, strict=True):
+            rewards, terminals = episode_rewards(t.goal, r.observations.astype(np.float64),
+                                                 r.actions)
+            rng = np.random.default_rng(s + 17)
+            replay_ok, random_ok, check, errors = assess(env, t.goal, r.observations,
+                                                         r.actions, r.success, rng)
+            ep = Episode(r.observations, r.actions, rewards, terminals, t.instruction, t.goal,
+                         extras={"task_index": t.index, "self_success": r.success,
+                                 "replay_success": replay_ok, "random_replay_success": random_ok,
+                                 "realistic": check.realistic,
+                                 "out_of_table": check.out_of_table,
+                                 "exceed_dynamics": check.exceed_dynamics,
+                                 "interpenetration": check.interpenetration,
+                                 "untouched_moved": check.untouched_moved,
+                                 "mean_state_error": float(np.mean(errors)),
+                                 "state_errors": _pad(errors),
+                                 "explanation_consistent": True})
+            ep.extras["level"] = t.level
+            episodes.append(ep)
+        bar.update(len(batch))
+    return episodes, skipped
+
+
+def _pad(errors: np.ndarray, width: int = 50) -> np.ndarray:
+    out = np.full(width, np.nan, dtype=np.float32)
+    out[: min(width, len(errors))] = errors[:width]
+    return out
+
+
+def _explanations(model, builder: PromptBuilder, episodes: list[Episode]) -> None:
+    from kalm.llm.metrics import explanation_correct, greedy_text
+
+    for i in range(0, len(episodes), 16):
+        chunk = episodes[i : i + 16]
+        prompts = [builder.explanation_prompt(e.observations, e.actions) for e in chunk]
+        for e, text in zip(chunk, greedy_text(model, builder, prompts), strict=True):
+            e.extras["explanation_consistent"] = explanation_correct(e.goal, text)
+
+
+def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, Any]:
+    """Generate, label, check (and optionally filter) imagined rollouts; returns statistics."""
+    from kalm.llm.saving import load_rollout_model
+    from kalm.llm.train import clevr_spec
+
+    if cfg.per_goal < 1:
+        raise ValueError("per_goal must be at least 1")
+    tasks = plan_tasks(cfg)
+    if model is None:
+        backbone = None
+        if cfg.backbone:
+            from kalm.llm.backbone import load_backbone
+
+            backbone = load_backbone(cfg.backbone)
+        model, _ = load_rollout_model(cfg.model, backbone=backbone, spec=clevr_spec())
+    builder = PromptBuilder(model.tokenizer)
+    env = CLEVRRobotEnv(init_region=cfg.init_region)
+    out = Path(cfg.out)
+    parts = out.with_name(out.name + ".parts")
+    identity = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size")}
+    manifest = parts / "manifest.json"
+    if parts.exists() and (not manifest.exists()
+                           or json.loads(manifest.read_text()) != identity):
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(identity, sort_keys=True))
+    episodes: list[Episode] = []
+    skipped: list[dict[str, Any]] = []
+    bar = tqdm(total=len(tasks), desc="imagine", unit="rollout", disable=not progress)
+    for c in range(0, len(tasks), cfg.chunk_size):
+        path = parts / f"chunk-{c // cfg.chunk_size:05d}.h5"
+        skip_path = path.with_suffix(".skipped.json")
+        if path.exists() or skip_path.exists():
+            if path.exists():
+                episodes.extend(read_episodes(path).episodes())
+            if skip_path.exists():
+                skipped.extend(json.loads(skip_path.read_text()))
+            bar.update(min(cfg.chunk_size, len(tasks) - c))
+            continue
+        eps, skp = _run_chunk(cfg, model, builder, env, tasks[c : c + cfg.chunk_size], bar)
+        if eps:
+            write_episodes(EpisodeData.from_episodes(eps, _spec(), source="imagined"), path)
+        skip_path.write_text(json.dumps(skp))
+        episodes.extend(eps)
+        skipped.extend(skp)
+    bar.close()
+    if cfg.filter_explanation:
+        _explanations(model, builder, episodes)
+    stats = summarize(episodes, skipped, cfg)
+    kept = [e for e in episodes
+            if (not cfg.filter or bool(e.extras["realistic"]))
+            and (not cfg.filter_explanation or bool(e.extras["explanation_consistent"]))]
+    if not kept:
+        raise RuntimeError("every imagined rollout was filtered out or skipped")
+    for e in kept:
+        e.extras["level"] = str(e.extras["level"])
+    data = EpisodeData.from_episodes(kept, _spec(), source="imagined",
+                                     attrs={"model": cfg.model, "suite": cfg.suite_file or
+                                            cfg.suite, "seed": cfg.seed,
+                                            "per_goal": cfg.per_goal})
+    write_episodes(data, out)
+    stats_path = out.with_suffix(".stats.json")
+    tmp = stats_path.with_name(stats_path.name + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=2))
+    tmp.replace(stats_path)
+    shutil.rmtree(parts, ignore_errors=True)
+    return stats
+
+
+def _spec():
+    from kalm.data.collect import CLEVR_SPEC
+
+    return CLEVR_SPEC
+
+
+def summarize(episodes: list[Episode], skipped: list[dict[str, Any]],
+              cfg: ImagineConfig) -> dict[str, Any]:
+    by_level: dict[str, QualityReport] = {}
+    for e in episodes:
+        r = by_level.setdefault(str(e.extras["level"]), QualityReport())
+        check = RolloutCheck(int(e.extras["out_of_table"]), int(e.extras["exceed_dynamics"]),
+                             int(e.extras["interpenetration"]), int(e.extras["untouched_moved"]),
+                             e.length)
+        errors = np.asarray(e.extras["state_errors"], dtype=np.float64)
+        r.add(bool(e.extras["self_success"]), bool(e.extras["replay_success"]),
+              bool(e.extras["random_replay_success"]), check, errors[~np.isnan(errors)])
+    unrealistic = sum(not bool(e.extras["realistic"]) for e in episodes)
+    inconsistent = sum(not bool(e.extras["explanation_consistent"]) for e in episodes)
+    return {"levels": {k: v.to_json() for k, v in by_level.items()},
+            "generated": len(episodes), "skipped": skipped,
+            "filter": {"unrealistic": {"enabled": cfg.filter, "would_drop": unrealistic},
+                       "explanation": {"enabled": cfg.filter_explanation,
+                                       "would_drop": inconsistent if cfg.filter_explanation
+                                       else None}},
+            "kept": sum(1 for e in episodes
+                        if (not cfg.filter or bool(e.extras["realistic"]))
+                        and (not cfg.filter_explanation
+                             or bool(e.extras["explanation_consistent"])))}
+
+

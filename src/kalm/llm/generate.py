@@ -1,0 +1,149 @@
+"""Imagining rollouts: decode state, action, state, ... from a grounded model.
+
+The prompt (goal -> rollout layout of grounding, ending with the given s_0) is encoded once;
+after that every decoding step extends the KV cache by exactly one position: an action is read
+at a state's position (greedy, or sampled with a temperature), the next state at the action's
+position. Prompts of different lengths are left-padded with explicit position ids, so a rollout
+does not depend on what else is in its batch. `use_cache=False` re-encodes everything each step
+(what the published generator did); it exists for equivalence tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kalm.llm.batching import collate
+from kalm.llm.model import RolloutModel
+from kalm.llm.prompts import PromptBuilder
+
+SuccessFn = Callable[[Mapping[str, Any], np.ndarray, np.ndarray, Any], bool]
+
+
+@dataclass
+class Rollout:
+    observations: np.ndarray  # (T+1, obs_dim), s_0 given
+    actions: np.ndarray  # (T,) or (T, act_dim)
+    success: bool  # the goal held on the last generated state (self-judged)
+
+
+def _left_pad(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Move right padding to the left so every prompt ends at the last column."""
+    lengths = batch["attention_mask"].sum(1)
+    width = batch["input_ids"].shape[1]
+    out = {}
+    for k in ("input_ids", "attention_mask", "state_in_mask", "state_in", "action_in_mask",
+              "action_in"):
+        t = batch[k]
+        out[k] = torch.stack([torch.roll(t[i], int(width - lengths[i]), dims=0)
+                              for i in range(t.shape[0])])
+    return out
+
+
+class _Decoder:
+    """Holds the growing sequence and feeds the model one position at a time."""
+
+    def __init__(self, model: RolloutModel, prompt_embeds: torch.Tensor, attn: torch.Tensor,
+                 use_cache: bool) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        self.attn = attn
+        self.pos = (attn.cumsum(1) - 1).clamp_min(0)
+        self.embeds = prompt_embeds
+        h, self.cache = model.hidden(prompt_embeds, attention_mask=attn, position_ids=self.pos,
+                                     use_cache=use_cache)
+        self.last = h[:, -1]
+
+    def feed(self, x: torch.Tensor) -> torch.Tensor:
+        """Append one embedding per row (B, hidden); returns the new last hidden state."""
+        n = x.shape[0]
+        self.attn = torch.cat([self.attn, torch.ones(n, 1, dtype=self.attn.dtype)], dim=1)
+        new_pos = self.pos[:, -1:] + 1
+        self.pos = torch.cat([self.pos, new_pos], dim=1)
+        if self.use_cache:
+            h, self.cache = self.model.hidden(x[:, None].to(self.embeds.dtype),
+                                              attention_mask=self.attn, position_ids=new_pos,
+                                              past_key_values=self.cache, use_cache=True)
+        else:
+            self.embeds = torch.cat([self.embeds, x[:, None].to(self.embeds.dtype)], dim=1)
+            h, _ = self.model.hidden(self.embeds, attention_mask=self.attn,
+                                     position_ids=self.pos)
+        self.last = h[:, -1]
+        return self.last
+
+
+def _choose_action(model: RolloutModel, h: torch.Tensor, temperature: float,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    out = model.predict_action(h)
+    if model.spec.action_type != "discrete":
+        return out
+    if temperature <= 0:
+        return out.argmax(-1)
+    probs = torch.softmax(out / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def imagine_batch(
+    model: RolloutModel,
+    builder: PromptBuilder,
+    instructions: Sequence[str],
+    initial_states: np.ndarray,
+    goals: Sequence[Mapping[str, Any]],
+    max_steps: Sequence[int],
+    is_success: SuccessFn,
+    temperature: float = 0.0,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> list[Rollout]:
+    """Decode one rollout per prompt; each stops when its goal's check first holds."""
+    model.eval()
+    n = len(instructions)
+    prompts = []
+    for text, s0 in zip(instructions, initial_states, strict=True):
+        seq = builder.rollout_prompt(text)
+        builder.state(seq, s0)
+        prompts.append(seq)
+    spec = model.spec
+    b = _left_pad(collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type,
+                          spec.action_dim))
+    x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
+                    b["action_in"])
+    dec = _Decoder(model, x, b["attention_mask"], use_cache)
+    gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    states = torch.as_tensor(np.asarray(initial_states, dtype=np.float32))
+    obs: list[list[np.ndarray]] = [[states[i].numpy().copy()] for i in range(n)]
+    acts: list[list[Any]] = [[] for _ in range(n)]
+    done = np.zeros(n, dtype=bool)
+    success = np.zeros(n, dtype=bool)
+    limit = np.asarray(max_steps)
+    for t in range(int(limit.max())):
+        action = _choose_action(model, dec.last, temperature, gen)
+        h = dec.feed(model.embed_actions(action))
+        z = model.predict_state(h, states)
+        new_states = model.clamp(model.denormalize(z))
+        for i in range(n):
+            if done[i]:
+                continue
+            a = int(action[i]) if spec.action_type == "discrete" else action[i].numpy().copy()
+            s_new = new_states[i].numpy().copy()
+            acts[i].append(a)
+            obs[i].append(s_new)
+            if is_success(goals[i], s_new, obs[i][-2], a):
+                done[i] = success[i] = True
+            elif t + 1 >= limit[i]:
+                done[i] = True
+        if done.all():
+            break
+        states = new_states
+        dec.feed(model.embed_states(states))
+    rollouts = []
+    for i in range(n):
+        a_dtype = np.int64 if spec.action_type == "discrete" else np.float32
+        rollouts.append(Rollout(np.asarray(obs[i], dtype=np.float32),
+                                np.asarray(acts[i], dtype=a_dtype), bool(success[i])))
+    return rollouts
