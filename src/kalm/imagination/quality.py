@@ -25,7 +25,8 @@ TABLE_TOL = 0.03  # centres may sit this far outside the measured limits
 MAX_STEP_MOVE = 0.45  # no real push moves a ball further (one push ~0.25-0.33 plus momentum)
 PENETRATION = 2 * BALL_RADIUS - 0.04  # centres closer than this overlap by > 4 cm
 MOVED = 0.08  # displacement that counts as "moved" (rolling momentum stays below)
-REACH = 2 * BALL_RADIUS + MAX_STEP_MOVE  # a ball further than this from every moving ball
+PUSH_REACH = 0.35  # how far a pushed ball travels in one step, at most (measured ~0.25-0.33)
+REACH = 2 * BALL_RADIUS + PUSH_REACH  # a ball further than this from every moved-ball chain
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""Imagination: cache equivalence, batch independence, stopping, labels, output, quality checks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kalm.data.episodes import read_episodes
+from kalm.data.suites import SuiteError
+from kalm.envs.clevr.env import CLEVRRobotEnv
+from kalm.envs.clevr.goals import is_success
+from kalm.envs.clevr.rewards import episode_rewards
+from kalm.imagination.quality import check_transitions, replay
+from kalm.imagination.stage import ImagineConfig, imagine
+from kalm.llm.backbone import tiny_backbone
+from kalm.llm.generate import imagine_batch
+from kalm.llm.model import ModelConfig
+from kalm.llm.prompts import PromptBuilder
+from kalm.llm.saving import AdapterConfig, build_rollout_model
+from kalm.llm.train import clevr_spec
+
+GOAL = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
+INSTRUCTIONS = ["Put red left of blue", "A much longer instruction: put the green ball in "
+                "front of the cyan ball, please, and take your time about it", "Go"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    bb = tiny_backbone()
+    m = build_rollout_model(bb, clevr_spec(), ModelConfig(), AdapterConfig(mode="full"))
+    m.set_normalizer(torch.zeros(10), torch.full((10,), 0.3))
+    return m
+
+
+@pytest.fixture(scope="module")
+def builder(model):
+    return PromptBuilder(model.tokenizer)
+
+
+def s0(n, seed=0):
+    return np.random.default_rng(seed).uniform(-0.4, 0.4, (n, 10)).astype(np.float32)
+
+
+def never(goal, state, prev, action):
+    return False
+
+
+def test_cache_and_no_cache_give_identical_rollouts(model, builder):
+    kw = {"goals": [GOAL] * 3, "max_steps": [12, 12, 12], "is_success": never}
+    cached = imagine_batch(model, builder, INSTRUCTIONS, s0(3), use_cache=True, **kw)
+    full = imagine_batch(model, builder, INSTRUCTIONS, s0(3), use_cache=False, **kw)
+    for a, b in zip(cached, full, strict=True):
+        assert a.actions.tolist() == b.actions.tolist()
+        np.testing.assert_allclose(a.observations, b.observations, atol=1e-4)
+        assert len(a.actions) == 12
+
+
+def test_batch_composition_does_not_change_a_rollout(model, builder):
+    kw = {"is_success": never}
+    batch = imagine_batch(model, builder, INSTRUCTIONS, s0(3), [GOAL] * 3, [8] * 3, **kw)
+    for i in range(3):
+        alone = imagine_batch(model, builder, INSTRUCTIONS[i : i + 1], s0(3)[i : i + 1],
+                              [GOAL], [8], **kw)[0]
+        assert alone.actions.tolist() == batch[i].actions.tolist()
+        np.testing.assert_allclose(alone.observations, batch[i].observations, atol=1e-4)
+
+
+def test_rollout_stops_when_success_first_holds(model, builder):
+    calls = {0: 0, 1: 0}
+
+    def stop_at(goal, state, prev, action):
+        calls[goal["id"]] += 1
+        return calls[goal["id"]] == goal["stop"]
+
+    goals = [{"id": 0, "stop": 3}, {"id": 1, "stop": 99}]
+    rolls = imagine_batch(model, builder, INSTRUCTIONS[:2], s0(2), goals, [10, 6], stop_at)
+    assert len(rolls[0].actions) == 3 and rolls[0].success
+    assert len(rolls[0].observations) == 4
+    assert len(rolls[1].actions) == 6 and not rolls[1].success
+
+
+def test_generated_states_are_clamped_to_the_table(model, builder):
+    rolls = imagine_batch(model, builder, INSTRUCTIONS, s0(3), [GOAL] * 3, [10] * 3, never)
+    for r in rolls:
+        xy = r.observations[1:].reshape(-1, 5, 2)
+        assert (xy[..., 0] >= -0.47 - 1e-6).all() and (xy[..., 0] <= 0.47 + 1e-6).all()
+        assert (xy[..., 1] >= -0.17 - 1e-6).all() and (xy[..., 1] <= 0.57 + 1e-6).all()
+
+
+def test_imagine_stage_output_round_trips_with_env_labels(model, tmp_path):
+    suite = tmp_path / "s.jsonl"
+    lines = [{"instruction": "Red left of blue.", "level": "rephrase", "goal": GOAL},
+             {"instruction": "Shove green forward.", "level": "easy",
+              "goal": {"kind": "push", "object": "green", "direction": "front"}},
+             {"instruction": "", "level": "rephrase",
+              "goal": {**GOAL, "direction": "right"}}]
+    suite.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    stats = imagine(ImagineConfig(out=str(tmp_path / "im.h5"), suite_file=str(suite),
+                                  per_goal=2, max_steps=6), model=model, progress=False)
+    data = read_episodes(tmp_path / "im.h5")
+    assert data.source == "imagined" and len(data) == 4
+    assert len(stats["skipped"]) == 2 and stats["skipped"][0]["reason"] == "empty instruction"
+    for i in range(len(data)):
+        ep = data.episode(i)
+        r, term = episode_rewards(ep.goal, ep.observations.astype(np.float64), ep.actions)
+        np.testing.assert_allclose(ep.rewards, r, rtol=1e-5, atol=1e-4)
+        assert term.tolist() == ep.terminals.tolist()
+        assert ep.length <= (1 if ep.goal["kind"] == "push" else 6)
+        assert bool(ep.extras["self_success"]) == bool(ep.terminals[-1])
+    assert set(stats["levels"]) == {"rephrase", "easy"}
+    for key in ("replayed_match", "self_judged_match", "random_replay_match"):
+        assert 0.0 <= stats["levels"]["easy"][key] <= 1.0
+    assert not (tmp_path / "im.h5.parts").exists()
+
+
+def test_imagine_reports_bad_suite_line(model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "goal": {"kind": "push", "object": "red"}}\n')
+    with pytest.raises(SuiteError, match=f"{bad}:1:.*missing key"):
+        imagine(ImagineConfig(out=str(tmp_path / "o.h5"), suite_file=str(bad)), model=model,
+                progress=False)
+
+
+def test_replay_and_realism_checks():
+    env = CLEVRRobotEnv()
+    start = np.array([0.0, 0.15, 0.4, 0.45, -0.4, 0.45, 0.4, -0.1, -0.4, -0.1])
+    states, ok = replay(env, {"kind": "push", "object": "red", "direction": "behind"}, start,
+                        np.array([1]))
+    assert ok and states[1][1] > start[1] + 0.2
+    real = check_transitions(states, np.array([1]))
+    assert real.realistic
+    teleport = states.copy()
+    teleport[1, 0] = 0.9  # red jumps off the table
+    c = check_transitions(teleport, np.array([1]))
+    assert c.out_of_table == 1 and c.exceed_dynamics == 1 and c.untouched_moved == 0
+    far = np.array([[-0.45, -0.15, 0.42, 0.55, 0.42, -0.15, -0.35, 0.55, 0.1, 0.55]] * 2)
+    far[1, 1] += 0.25  # red pushed +y (action 1)
+    assert check_transitions(far, np.array([1])).realistic
+    far[1, 8] -= 0.3  # cyan moves although no chain of balls connects it to red
+    assert check_transitions(far, np.array([1])).untouched_moved == 1
+    overlap = states.copy()
+    overlap[1, 2:4] = overlap[1, 0:2] + [0.1, 0.0]
+    assert check_transitions(overlap, np.array([1])).interpenetration == 1
+    assert is_success({"kind": "push", "object": "red", "direction": "behind"}, states[1],
+                      states[0], 1)
