@@ -1,4 +1,4 @@
-"""Collection (determinism, resume, rewards) and evaluation of the built-in policies, via the CLI."""
+"""Collection (determinism, resume, rewards) and evaluation of built-in policies via the CLI."""
 
 import json
 
