@@ -227,8 +227,10 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
 @click.option("--filter-explanation", is_flag=True,
               help="Drop rollouts whose own explanation names another goal (cycle consistency).")
 @click.option("--backbone", default=None, help="Load the model onto this local backbone folder.")
+@click.option("--clamp/--no-clamp", default=None,
+              help="Clamp generated states to the reachable table (default: as trained).")
 def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, seed,
-            temperature, no_cache, filter_, filter_explanation, backbone) -> None:
+            temperature, no_cache, filter_, filter_explanation, backbone, clamp) -> None:
     """Imagine rollouts for a goal suite with a grounded model, labelled and quality-checked.
 
     Writes an episode file (source `imagined`) and OUT.stats.json with the match rates
@@ -247,7 +249,7 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
                         per_goal=per_goal, batch_size=batch_size, max_steps=max_steps,
                         seed=seed, temperature=temperature, use_cache=not no_cache,
                         filter=filter_, filter_explanation=filter_explanation,
-                        backbone=backbone)
+                        backbone=backbone, clamp=clamp)
     try:
         stats = run_imagine(cfg)
     except (SuiteError, BackboneError, CheckpointMismatch, FileNotFoundError, ValueError,

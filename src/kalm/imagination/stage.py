@@ -45,6 +45,7 @@ class ImagineConfig:
     init_region: str = "paper"
     chunk_size: int = 128
     backbone: str | None = None  # load the model onto this local backbone folder instead
+    clamp: bool | None = None  # override the model's clamping of generated states
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
 
             backbone = load_backbone(cfg.backbone)
         model, _ = load_rollout_model(cfg.model, backbone=backbone, spec=clevr_spec())
+    if cfg.clamp is not None:
+        model.config.clamp_states = cfg.clamp
     builder = PromptBuilder(model.tokenizer)
     env = CLEVRRobotEnv(init_region=cfg.init_region)
     out = Path(cfg.out)
