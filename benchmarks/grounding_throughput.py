@@ -39,14 +39,15 @@ def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int) -> dict:
+def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int,
+             batch: int = 8) -> dict:
     import torch
 
     from kalm.llm.losses import grounding_losses
     from kalm.llm.saving import AdapterConfig
     from kalm.llm.train import GroundConfig, Grounder
 
-    cfg = GroundConfig(data=data, out="", adapter=AdapterConfig(mode=mode), batch_size=8,
+    cfg = GroundConfig(data=data, out="", adapter=AdapterConfig(mode=mode), batch_size=batch,
                        bf16=precision == "bf16", paraphrase_suite="train")
     g = Grounder(cfg)
     model = g.model.train()
@@ -56,20 +57,21 @@ def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int) -> d
     opt = torch.optim.AdamW(params, lr=1e-4)
     from kalm.llm.batching import GroundingSamples
 
-    samples = GroundingSamples(len(g.train_data), 8, warmup + steps, cfg.objectives, 0)
+    samples = GroundingSamples(len(g.train_data), batch, warmup + steps, cfg.objectives, 0)
     col = g.collator(g.train_data)
-    batches = [col([samples[i * 8 + j] for j in range(8)]) for i in range(warmup + steps)]
+    batches = [col([samples[i * batch + j] for j in range(batch)])
+               for i in range(warmup + steps)]
     times, tokens = [], []
-    for i, batch in enumerate(batches):
+    for i, b in enumerate(batches):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = grounding_losses(model, batch)["loss"]
+            loss = grounding_losses(model, b)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-            tokens.append(int(batch["attention_mask"].sum()))
+            tokens.append(int(b["attention_mask"].sum()))
     secs = sum(times)
     tok = sum(tokens)
     # FLOPs per token: forward 2N; backward 2N for activation grads (+2N weight grads if full)
@@ -78,7 +80,7 @@ def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int) -> d
     peak = matmul_peak(precision)
     return {"mode": mode, "precision": precision, "steps_per_s": len(times) / secs,
             "s_per_step": secs / len(times), "tokens_per_s": tok / secs,
-            "mean_seq_len": tok / (8 * len(times)), "trainable_params": n_train,
+            "mean_seq_len": tok / (batch * len(times)), "batch": batch, "trainable_params": n_train,
             "achieved_gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
             "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
@@ -98,28 +100,36 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="expert episode file (default: collect 300)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, nargs="+", default=[8],
+                    help="batch sizes (the issue's figure is batch 8)")
+    ap.add_argument("--modes", nargs="+", default=[f"{m}-{p}" for m, p in MODES])
     ap.add_argument("--one", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_mode(*args.one, args.data, args.steps, args.warmup)))
+        print(json.dumps(run_mode(*args.one, args.data, args.steps, args.warmup,
+                                  args.batch[0])))
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = ensure_data(args.data, tmp)
         rows = []
-        for mode, prec in MODES:  # one process per mode: clean peak-memory figures
-            out = subprocess.run([sys.executable, __file__, "--one", mode, prec, "--data", data,
-                                  "--steps", str(args.steps), "--warmup", str(args.warmup)],
-                                 check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+        for batch in args.batch:
+            for name in args.modes:  # one process per mode: clean peak-memory figures
+                mode, prec = name.split("-")
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", mode, prec, "--data", data, "--steps",
+                     str(args.steps), "--warmup", str(args.warmup), "--batch", str(batch)],
+                    check=True, capture_output=True, text=True).stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
-    print("| mode | precision | s/step | steps/s | tokens/s | mean seq len | trainable params "
-          "| achieved GFLOP/s | matmul peak GFLOP/s | fraction of peak | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| batch | mode | precision | s/step | steps/s | tokens/s | mean seq len | "
+          "trainable params | achieved GFLOP/s | matmul peak GFLOP/s | fraction of peak | "
+          "peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['precision']} | {r['s_per_step']:.2f} | "
+        print(f"| {r['batch']} | {r['mode']} | {r['precision']} | {r['s_per_step']:.2f} | "
               f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['mean_seq_len']:.0f} | "
               f"{r['trainable_params'] / 1e6:.2f} M | {r['achieved_gflops']:.0f} | "
               f"{r['peak_gflops']:.0f} | {100 * r['fraction_of_peak']:.0f}% | "

@@ -71,7 +71,7 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
 @main.command()
 @click.option("--env", default="clevr", show_default=True, help="Environment (built-in: clevr).")
 @click.option("--policy", required=True,
-              help="Built-in policy: 'expert' or 'random' (trained policies come later).")
+              help="'expert', 'random', or a trained policy folder (or its policy.d3).")
 @click.option("--suite", type=SUITE_CHOICES, default="train", show_default=True)
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="A JSONL goal suite to use instead of a built-in one.")
@@ -92,10 +92,21 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
 
     if env != "clevr":
         _fail(ValueError(f"unknown env {env!r}; built-in: 'clevr'"))
+    factory = policy
+    if policy not in ("expert", "random"):
+        import functools
+
+        from kalm.rl.train import POLICY_FILE, TrainedPolicy
+
+        p = Path(policy)
+        if not (p.is_file() or (p / POLICY_FILE).is_file()):
+            _fail(ValueError(f"--policy {policy!r} is neither 'expert', 'random' nor a trained "
+                             f"policy folder / {POLICY_FILE} file"))
+        factory = functools.partial(TrainedPolicy, str(p))
     try:
         goal_suite = resolve_suite(suite, suite_file)
-        result = evaluate_policy(policy, goal_suite, episodes, seed=seed, workers=workers,
-                                 init_region=init_region)
+        result = evaluate_policy(factory, goal_suite, episodes, seed=seed, workers=workers,
+                                 init_region=init_region, name=policy)
     except (SuiteError, ValueError) as exc:
         _fail(exc)
     click.echo(f"policy {result.policy}, seed {seed}, suite {suite_file or suite}")

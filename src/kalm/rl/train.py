@@ -1,0 +1,162 @@
+"""`kalm train`: goal-conditioned offline RL on real (+ imagined) episodes with d3rlpy.
+
+The policy folder holds `policy.d3` (d3rlpy's config + weights), `train_config.json` (resolved),
+d3rlpy's logs under `logs/`, and checkpoints under `checkpoints/` written atomically every
+`save_every` steps; `--resume` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from kalm.data.episodes import EpisodeData, read_episodes
+from kalm.rl.algos import AlgoConfig, create_algo
+from kalm.rl.datasets import Transitions, TransitionSampler, to_d3rlpy, to_transitions
+from kalm.rl.text_encoder import TextEncoder
+
+
+@dataclass
+class TrainConfig:
+    real: str = ""
+    out: str = ""
+    imagined: list[str] = field(default_factory=list)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    steps: int = 100_000
+    seed: int = 0
+    imagined_ratio: float = 0.5  # share of each batch drawn from imagined data
+    save_every: int = 10_000
+    log_every: int = 500
+    text_encoder: str | None = None  # local sentence-transformer folder; None = MiniLM
+
+
+POLICY_FILE = "policy.d3"
+
+
+def _atomic_save(algo, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    algo.save(str(tmp))
+    tmp.replace(path)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step-*.d3"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def load_data(paths: list[str]) -> EpisodeData | None:
+    if not paths:
+        return None
+    parts = [read_episodes(p) for p in paths]
+    return parts[0] if len(parts) == 1 else EpisodeData.concatenate(parts)
+
+
+def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
+                 ) -> dict[str, Any]:
+    """Train and save; returns a summary (steps, timings, dataset sizes)."""
+    import d3rlpy
+    import torch
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    real = read_episodes(cfg.real)
+    imagined = load_data(cfg.imagined)
+    if imagined is not None and imagined.spec != real.spec:
+        raise ValueError(f"imagined data is for {imagined.spec}, real data for {real.spec}")
+    encoder = TextEncoder(cfg.text_encoder)
+    real_t = to_transitions(real, encoder)
+    imag_t = to_transitions(imagined, encoder) if imagined is not None else None
+    sampler = TransitionSampler(real_t, imag_t, cfg.imagined_ratio, seed=cfg.seed)
+    d3rlpy.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    algo = create_algo(cfg.algo)
+    algo.build_with_dataset(to_d3rlpy(real, encoder))
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    start = 0
+    if resume and _checkpoints(ckpt_dir):
+        last = _checkpoints(ckpt_dir)[-1]
+        algo = d3rlpy.load_learnable(str(last), device=cfg.algo.device)
+        start = int(last.stem.split("-")[1])
+        state = json.loads((ckpt_dir / "sampler.json").read_text())
+        if state.get("step") == start:
+            sampler.rng.bit_generator.state = state["rng"]
+    (out / "train_config.json").write_text(json.dumps(
+        {**asdict(cfg), "text_encoder_name": encoder.name, "obs_dim": real_t.observations.shape[1],
+         "real_transitions": len(real_t),
+         "imagined_transitions": 0 if imag_t is None else len(imag_t)}, indent=2))
+    log_path = out / "logs" / "train.jsonl"
+    log_path.parent.mkdir(exist_ok=True)
+    batch_size = algo.config.batch_size
+    sample_s = update_s = 0.0
+    running: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algo.algo}", unit="step",
+               disable=not progress)
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        batch = sampler.sample(batch_size)
+        t1 = time.perf_counter()
+        losses = algo.update(batch)
+        t2 = time.perf_counter()
+        sample_s += t1 - t0
+        update_s += t2 - t1
+        for k, v in losses.items():
+            running[k] = 0.98 * running.get(k, float(v)) + 0.02 * float(v)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in running.items()})
+            with log_path.open("a") as fh:
+                fh.write(json.dumps({"step": step, **running}) + "\n")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _atomic_save(algo, ckpt_dir / f"step-{step:08d}.d3")
+            (ckpt_dir / "sampler.json").write_text(json.dumps(
+                {"step": step, "rng": sampler.rng.bit_generator.state}))
+            for old in _checkpoints(ckpt_dir)[:-2]:
+                old.unlink(missing_ok=True)
+    bar.close()
+    _atomic_save(algo, out / POLICY_FILE)
+    done = cfg.steps - start
+    summary = {"steps": cfg.steps, "steps_this_run": done,
+               "sample_seconds": sample_s, "update_seconds": update_s,
+               "steps_per_second": done / max(sample_s + update_s, 1e-9),
+               "sampling_share": sample_s / max(sample_s + update_s, 1e-9),
+               "real_transitions": len(real_t),
+               "imagined_transitions": 0 if imag_t is None else len(imag_t)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+class TrainedPolicy:
+    """A saved d3rlpy policy behind kalm's Policy interface (state ++ goal-text embedding)."""
+
+    name = "trained"
+
+    def __init__(self, path: str | Path, text_encoder: str | None = None) -> None:
+        self.path = Path(path)
+        file = self.path / POLICY_FILE if self.path.is_dir() else self.path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no trained policy (expected {POLICY_FILE})")
+        cfg_file = file.parent / "train_config.json"
+        if text_encoder is None and cfg_file.is_file():
+            text_encoder = json.loads(cfg_file.read_text()).get("text_encoder")
+        import d3rlpy
+
+        self.algo = d3rlpy.load_learnable(str(file), device="cpu:0")
+        self.encoder = TextEncoder(text_encoder)
+        self._emb = np.zeros(self.encoder.dim, dtype=np.float32)
+
+    def begin(self, env, goal, instruction: str) -> None:
+        self._emb = self.encoder.encode([instruction])[0]
+
+    def act(self, obs: np.ndarray) -> int:
+        x = np.concatenate([np.asarray(obs, dtype=np.float32), self._emb])[None]
+        return int(self.algo.predict(x)[0])
+
+
+__all__ = ["TrainConfig", "TrainedPolicy", "Transitions", "train_policy"]

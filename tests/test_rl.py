@@ -1,0 +1,110 @@
+"""Offline-RL data: terminals vs timeouts, intervals, 1:1 mixing, text encoder, tiny training."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kalm.data.episodes import EnvSpecInfo, Episode, EpisodeData, write_episodes
+from kalm.rl.datasets import TransitionSampler, to_d3rlpy, to_transitions
+from kalm.rl.text_encoder import TextEncoder
+
+SPEC = EnvSpecInfo("clevr", 10, "discrete", 40)
+GOAL = {"kind": "push", "object": "red", "direction": "right"}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder()
+
+
+def ep(n, success, instruction="Nudge the red ball to the right.", value=0.0, action=0):
+    obs = np.full((n + 1, 10), value, np.float32) + np.arange(n + 1)[:, None]
+    term = np.zeros(n, bool)
+    term[-1] = success
+    return Episode(obs, np.full(n, action), np.arange(n, dtype=np.float32), term, instruction,
+                   GOAL)
+
+
+def test_text_encoder_is_deterministic_offline_and_cached(encoder):
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    a = encoder.encode(["Push the red ball left.", "Open the drawer."])
+    b = TextEncoder().encode(["Push the red ball left.", "Open the drawer."])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert a.shape == (2, 384) and np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    para = encoder.encode(["Shove the red ball leftwards."])[0]
+    assert para @ a[0] > para @ a[1]  # a paraphrase is closer than an unrelated goal
+
+
+def test_terminals_timeouts_and_intervals(encoder):
+    data = EpisodeData.from_episodes([ep(3, True), ep(2, False, value=10.0)], SPEC)
+    t = to_transitions(data, encoder)
+    assert len(t) == 5
+    assert t.terminals[:, 0].tolist() == [0, 0, 1, 0, 0]  # the timeout is not terminal
+    np.testing.assert_array_equal(t.next_observations[2], 0.0)  # after a terminal: zeros
+    np.testing.assert_allclose(t.next_observations[4, :10], 12.0)  # timeout bootstraps s_n
+    np.testing.assert_allclose(t.observations[0, 10:], t.observations[3, 10:])
+    assert t.observations.shape[1] == 10 + 384
+    mdp = to_d3rlpy(data, encoder)
+    assert len(mdp.episodes) == 2
+    assert mdp.episodes[0].terminated and not mdp.episodes[1].terminated
+    assert mdp.episodes[1].transition_count == 2  # both real transitions of the timeout
+    tr = mdp.transition_picker(mdp.episodes[1], 1)
+    np.testing.assert_allclose(tr.next_observation[:10], 12.0)
+    assert tr.interval == 1 and tr.terminal == 0.0
+    batch = TransitionSampler(t).sample(8)
+    assert (batch.intervals == 1).all()
+
+
+def test_one_to_one_mixing_in_every_batch(encoder):
+    real = to_transitions(EpisodeData.from_episodes([ep(4, True, value=0.0)], SPEC), encoder)
+    imag = to_transitions(EpisodeData.from_episodes(
+        [ep(4, True, value=100.0, instruction="Imagined.")], SPEC), encoder)
+    sampler = TransitionSampler(real, imag, imagined_ratio=0.5, seed=0)
+    for size in (32, 33, 100):
+        b = sampler.sample(size)
+        from_imag = int((b.observations[:, 0] >= 100).sum())
+        assert from_imag == round(size / 2)
+    quarter = TransitionSampler(real, imag, imagined_ratio=0.25, seed=0).sample(40)
+    assert int((quarter.observations[:, 0] >= 100).sum()) == 10
+    assert (TransitionSampler(real).sample(16).observations[:, 0] < 100).all()
+
+
+def _trivial_data(n=60):
+    """One-step push goals: the right action is 0 (red, +x); others fail."""
+    rng = np.random.default_rng(0)
+    eps = []
+    for i in range(n):
+        a = 0 if i % 2 == 0 else int(rng.integers(1, 40))
+        success = a in (0, 4, 6)
+        e = ep(1, success, action=a)
+        e.rewards[:] = 100.0 if success else 0.0
+        eps.append(e)
+    return EpisodeData.from_episodes(eps, SPEC)
+
+
+def test_tiny_training_beats_random_and_round_trips(tmp_path):
+    from kalm.rl.algos import AlgoConfig
+    from kalm.rl.train import TrainConfig, TrainedPolicy, train_policy
+
+    write_episodes(_trivial_data(), tmp_path / "real.h5")
+    cfg = TrainConfig(real=str(tmp_path / "real.h5"), out=str(tmp_path / "pol"), steps=300,
+                      save_every=100, log_every=100,
+                      algo=AlgoConfig(algo="cql", hidden_units=[64, 64], learning_rate=1e-3,
+                                      target_update_interval=50))
+    summary = train_policy(cfg, progress=False)
+    assert summary["steps"] == 300 and 0 < summary["sampling_share"] < 1
+    policy = TrainedPolicy(tmp_path / "pol")
+    policy.begin(None, GOAL, "Nudge the red ball to the right.")
+    obs = np.zeros(10, np.float32)
+    assert policy.act(obs) in (0, 4, 6)  # random would be right 3/40 of the time
+    again = TrainedPolicy(tmp_path / "pol" / "policy.d3")
+    again.begin(None, GOAL, "Nudge the red ball to the right.")
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        o = rng.uniform(-0.4, 0.4, 10).astype(np.float32)
+        assert policy.act(o) == again.act(o)
+    saved = json.loads((tmp_path / "pol" / "train_config.json").read_text())
+    assert saved["algo"]["gamma"] == 0.99 and saved["real_transitions"] == 60
