@@ -145,3 +145,24 @@ def test_replay_and_realism_checks():
     assert check_transitions(overlap, np.array([1])).interpenetration == 1
     assert is_success({"kind": "push", "object": "red", "direction": "behind"}, states[1],
                       states[0], 1)
+
+
+def test_llm_as_policy_matches_teacher_forced_argmax(model, builder):
+    """The KV-cached policy picks the action head's argmax over the real history."""
+    from kalm.data.rollout import run_episode
+    from kalm.eval.llm_policy import LLMPolicy
+    from kalm.llm.batching import collate
+
+    policy = LLMPolicy("unused", model=model)
+    env = CLEVRRobotEnv()
+    ep = run_episode(env, policy, GOAL, "Put red left of blue.", seed=3)
+    seq = builder.rollout("Put red left of blue.", ep.observations, ep.actions)
+    b = collate([seq], builder.pad_id, 10, "discrete", 40)
+    with torch.no_grad():
+        x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
+                        b["action_in"])
+        h, _ = model.hidden(x, attention_mask=b["attention_mask"])
+        idx = b["action_tgt_mask"][0].nonzero()[:, 0]
+        chosen = model.predict_action(h[0, idx]).argmax(-1).tolist()
+    assert chosen == ep.actions.tolist()
+    assert ep.length >= 1

@@ -108,3 +108,25 @@ def test_tiny_training_beats_random_and_round_trips(tmp_path):
         assert policy.act(o) == again.act(o)
     saved = json.loads((tmp_path / "pol" / "train_config.json").read_text())
     assert saved["algo"]["gamma"] == 0.99 and saved["real_transitions"] == 60
+
+
+def test_cli_trains_and_evaluates_a_policy(tmp_path):
+    from click.testing import CliRunner
+
+    from kalm.cli import main
+
+    write_episodes(_trivial_data(20), tmp_path / "real.h5")
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(json.dumps({"instruction": "Nudge the red ball to the right.",
+                                 "level": "easy", "goal": GOAL}) + "\n")
+    r = CliRunner().invoke(main, ["train", "--algo", "bc", "--real", str(tmp_path / "real.h5"),
+                                  "--steps", "50", "--save-every", "25", "--out",
+                                  str(tmp_path / "pol")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["evaluate", "--policy", str(tmp_path / "pol"), "--suite-file",
+                                  str(suite), "--episodes", "3", "--workers", "1", "--json",
+                                  str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e.json").read_text())["levels"]["easy"]["episodes"] == 3
+    r = CliRunner().invoke(main, ["evaluate", "--policy", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "not 'expert'" in r.output

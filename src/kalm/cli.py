@@ -71,7 +71,8 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
 @main.command()
 @click.option("--env", default="clevr", show_default=True, help="Environment (built-in: clevr).")
 @click.option("--policy", required=True,
-              help="'expert', 'random', or a trained policy folder (or its policy.d3).")
+              help="'expert', 'random', a trained policy folder (or its policy.d3), or a "
+                   "grounded model folder (the LLM-as-policy baseline).")
 @click.option("--suite", type=SUITE_CHOICES, default="train", show_default=True)
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="A JSONL goal suite to use instead of a built-in one.")
@@ -99,10 +100,15 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
         from kalm.rl.train import POLICY_FILE, TrainedPolicy
 
         p = Path(policy)
-        if not (p.is_file() or (p / POLICY_FILE).is_file()):
-            _fail(ValueError(f"--policy {policy!r} is neither 'expert', 'random' nor a trained "
-                             f"policy folder / {POLICY_FILE} file"))
-        factory = functools.partial(TrainedPolicy, str(p))
+        if (p / "kalm_model.json").is_file():  # a grounded model: the LLM-as-policy baseline
+            from kalm.eval.llm_policy import LLMPolicy
+
+            factory = functools.partial(LLMPolicy, str(p))
+        elif p.is_file() or (p / POLICY_FILE).is_file():
+            factory = functools.partial(TrainedPolicy, str(p))
+        else:
+            _fail(ValueError(f"--policy {policy!r} is not 'expert', 'random', a trained policy "
+                             f"(folder with {POLICY_FILE}) or a grounded model folder"))
     try:
         goal_suite = resolve_suite(suite, suite_file)
         result = evaluate_policy(factory, goal_suite, episodes, seed=seed, workers=workers,
@@ -280,6 +286,58 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
         click.echo(f"skipped {len(stats['skipped'])} goal(s): "
                    + json.dumps(stats["skipped"][:3]))
     click.echo(f"kept {stats['kept']} of {stats['generated']} rollouts -> {out}")
+
+
+@main.command()
+@click.option("--algo", type=click.Choice(["bc", "cql", "bcq", "sac"]), default="cql",
+              show_default=True, help="d3rlpy discrete algorithm (paper hyper-parameters).")
+@click.option("--real", required=True, type=click.Path(dir_okay=False),
+              help="Real episode file.")
+@click.option("--imagined", multiple=True, type=click.Path(dir_okay=False),
+              help="Imagined episode file(s), mixed with the real data in every batch.")
+@click.option("--imagined-ratio", type=float, default=0.5, show_default=True,
+              help="Share of each batch drawn from the imagined data (1:1 = 0.5).")
+@click.option("--steps", type=int, default=100_000, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Policy folder (policy.d3, config, logs, checkpoints).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-every", type=int, default=10_000, show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML with TrainConfig fields (a `train:` section or top level).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+def train(algo, real, imagined, imagined_ratio, steps, out, seed, save_every, config_file,
+          resume) -> None:
+    """Train a goal-conditioned offline-RL policy (d3rlpy) on real (+ imagined) episodes."""
+    import json
+
+    from kalm.config import ConfigError, from_dict, load_yaml
+    from kalm.data.episodes import EpisodeFileError
+    from kalm.rl.train import TrainConfig, train_policy
+
+    overrides = {"real": real, "out": out, "imagined": list(imagined), "steps": steps,
+                 "seed": seed, "imagined_ratio": imagined_ratio, "save_every": save_every,
+                 "algo": {"algo": algo}}
+    try:
+        if config_file:
+            import yaml
+
+            raw = yaml.safe_load(Path(config_file).read_text()) or {}
+            section = "train" if isinstance(raw, dict) and "train" in raw else None
+            base = load_yaml(TrainConfig, config_file, section=section)
+            from dataclasses import asdict
+
+            merged = asdict(base)
+            algo_cfg = {**merged["algo"], **overrides.pop("algo")}
+            merged.update({k: v for k, v in overrides.items() if v not in (None, [])})
+            merged["algo"] = algo_cfg
+            cfg = from_dict(TrainConfig, merged)
+        else:
+            cfg = from_dict(TrainConfig, overrides)
+        summary = train_policy(cfg, resume=resume)
+    except (ConfigError, EpisodeFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"saved the policy to {Path(out) / 'policy.d3'}")
 
 
 @main.command("check-suite")

@@ -1,0 +1,58 @@
+"""LLM-as-policy baseline (paper Fig. 5): the grounded model's action head acts directly.
+
+a_t = argmax ActionHead(goal prompt, s_0, a_0, ..., s_t), with the real environment supplying
+the states. The prompt is encoded once; each step extends the KV cache by the executed action
+and the observed state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class LLMPolicy:
+    name = "llm"
+
+    def __init__(self, model_dir: str | Path, model=None) -> None:
+        from kalm.llm.prompts import PromptBuilder
+        from kalm.llm.saving import load_rollout_model
+
+        self.model = model if model is not None else load_rollout_model(model_dir)[0]
+        self.model.eval()
+        self.builder = PromptBuilder(self.model.tokenizer)
+        self._decoder = None
+        self._instruction = ""
+        self._last_action: int | None = None
+
+    def begin(self, env, goal: Mapping[str, Any], instruction: str) -> None:
+        self._instruction = instruction
+        self._decoder = None
+        self._last_action = None
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> int:
+        from kalm.llm.batching import collate
+        from kalm.llm.generate import _Decoder
+
+        m = self.model
+        state = torch.as_tensor(np.asarray(obs, dtype=np.float32))[None]
+        if self._decoder is None:
+            seq = self.builder.rollout_prompt(self._instruction)
+            self.builder.state(seq, state[0].numpy())
+            spec = m.spec
+            b = collate([seq], self.builder.pad_id, spec.obs_dim, spec.action_type,
+                        spec.action_dim)
+            x = m.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
+                        b["action_in"])
+            self._decoder = _Decoder(m, x, b["attention_mask"], use_cache=True)
+        else:
+            self._decoder.feed(m.embed_actions(torch.tensor([self._last_action])))
+            self._decoder.feed(m.embed_states(state))
+        action = int(m.predict_action(self._decoder.last).argmax(-1)[0])
+        self._last_action = action
+        return action
