@@ -130,3 +130,25 @@ def test_cli_trains_and_evaluates_a_policy(tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["levels"]["easy"]["episodes"] == 3
     r = CliRunner().invoke(main, ["evaluate", "--policy", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "not 'expert'" in r.output
+
+
+def test_compare_baseline_vs_kalm_table_and_plot(tmp_path):
+    from kalm.eval.compare import CompareConfig, run_compare
+
+    write_episodes(_trivial_data(20), tmp_path / "real.h5")
+    write_episodes(_trivial_data(10), tmp_path / "im.h5")
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(json.dumps({"instruction": "Nudge the red ball to the right.",
+                                 "level": "easy", "goal": GOAL}) + "\n")
+    cfg = CompareConfig(real=str(tmp_path / "real.h5"), out=str(tmp_path / "cmp"),
+                        imagined={"easy": str(tmp_path / "im.h5")}, algo="bc", seeds=[0, 1],
+                        steps=20, episodes=2, easy_episodes=2, suite_file=str(suite),
+                        levels=["easy"], workers=1)
+    summary = run_compare(cfg)
+    assert len(summary["success"]["baseline"]["easy"]) == 2
+    assert len(summary["success"]["kalm"]["easy"]) == 2
+    md = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| easy |" in md and "±" in md
+    assert (tmp_path / "cmp" / "results.png").stat().st_size > 0
+    again = run_compare(cfg)  # resumes: everything already there
+    assert again["success"] == summary["success"]

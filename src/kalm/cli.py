@@ -340,6 +340,46 @@ def train(algo, real, imagined, imagined_ratio, steps, out, seed, save_every, co
     click.echo(f"saved the policy to {Path(out) / 'policy.d3'}")
 
 
+@main.command()
+@click.option("--algo", type=click.Choice(["bc", "cql", "bcq", "sac"]), default="cql",
+              show_default=True)
+@click.option("--real", required=True, type=click.Path(dir_okay=False))
+@click.option("--imagined", multiple=True, metavar="LEVEL=FILE",
+              help="Imagined episodes for a level, e.g. rephrase=im-rephrase.h5 (repeatable).")
+@click.option("--seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True)
+@click.option("--steps", type=int, default=100_000, show_default=True)
+@click.option("--episodes", type=int, default=100, show_default=True,
+              help="Evaluation episodes per level and seed.")
+@click.option("--easy-episodes", type=int, default=200, show_default=True)
+@click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
+              help="Evaluate on the levels of this suite instead of the built-in suites.")
+@click.option("--levels", default="train,rephrase,easy,hard", show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def compare(algo, real, imagined, seeds, steps, episodes, easy_episodes, suite_file, levels,
+            workers, out) -> None:
+    """Real-only baseline vs KALM per level over seeds: table, JSON and bar plot (resumable)."""
+    from kalm.eval.compare import CompareConfig, run_compare
+
+    pairs = {}
+    for item in imagined:
+        level, sep, path = item.partition("=")
+        if not sep or not path:
+            _fail(ValueError(f"--imagined expects LEVEL=FILE, got {item!r}"))
+        pairs[level] = path
+    cfg = CompareConfig(real=real, out=out, imagined=pairs, algo=algo, seeds=list(seeds),
+                        steps=steps, episodes=episodes, easy_episodes=easy_episodes,
+                        suite_file=suite_file, levels=levels.split(","), workers=workers)
+    try:
+        summary = run_compare(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    from kalm.eval.compare import markdown_table
+
+    click.echo(markdown_table(summary))
+    click.echo(f"wrote {Path(out) / 'results.md'} and {Path(out) / 'results.png'}")
+
+
 @main.command("check-suite")
 @click.argument("suite_file", type=click.Path(dir_okay=False))
 def check_suite(suite_file) -> None:

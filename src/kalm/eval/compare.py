@@ -1,0 +1,134 @@
+"""Real-only baseline vs KALM (real + that level's imagined data), per level, over seeds.
+
+For each seed: one baseline policy on real data, evaluated on every level; for each level with
+imagined data, one KALM policy on real + imagined (1:1 per batch), evaluated on that level.
+Finished runs (policy and evaluation JSON present) are skipped, so the command resumes.
+Outputs: results.json, results.md (mean +- std over seeds) and a bar plot like the paper's Fig. 4.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kalm.data.suites import load_builtin_suite, resolve_suite
+from kalm.eval.evaluate import evaluate_policy, write_json
+from kalm.rl.algos import AlgoConfig
+from kalm.rl.train import TrainConfig, TrainedPolicy, train_policy
+
+LEVEL_ORDER = ("train", "rephrase", "easy", "hard")
+
+
+@dataclass
+class CompareConfig:
+    real: str = ""
+    out: str = ""
+    imagined: dict[str, str] = field(default_factory=dict)  # level -> episode file
+    algo: str = "cql"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 100_000
+    episodes: int = 100  # evaluation episodes per level and seed
+    easy_episodes: int = 200
+    levels: list[str] = field(default_factory=lambda: list(LEVEL_ORDER))
+    suite_file: str | None = None  # evaluate on this suite instead of the built-in ones
+    workers: int = 2
+    eval_seed: int = 1000
+
+
+def _suite(cfg: CompareConfig, level: str):
+    if cfg.suite_file:
+        return resolve_suite(None, cfg.suite_file).by_level(level)
+    return load_builtin_suite(level)
+
+
+def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str) -> dict[str, Any]:
+    path = policy_dir / f"eval-{level}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import functools
+
+    n = cfg.easy_episodes if level == "easy" else cfg.episodes
+    res = evaluate_policy(functools.partial(TrainedPolicy, str(policy_dir)), _suite(cfg, level),
+                          n, seed=cfg.eval_seed, workers=cfg.workers, name=str(policy_dir))
+    out = res.to_json()["levels"][level]
+    write_json(out, path)
+    return out
+
+
+def _train(cfg: CompareConfig, out: Path, seed: int, imagined: list[str]) -> Path:
+    if (out / "policy.d3").exists():
+        return out
+    train_policy(TrainConfig(real=cfg.real, out=str(out), imagined=imagined,
+                             algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
+                             save_every=max(1, cfg.steps // 10)), resume=True)
+    return out
+
+
+def run_compare(cfg: CompareConfig) -> dict[str, Any]:
+    root = Path(cfg.out)
+    results: dict[str, dict[str, list[float]]] = {"baseline": {}, "kalm": {}}
+    episodes: dict[str, int] = {}
+    for seed in cfg.seeds:
+        base = _train(cfg, root / f"baseline-seed{seed}", seed, [])
+        for level in cfg.levels:
+            r = _evaluate(cfg, base, level)
+            results["baseline"].setdefault(level, []).append(r["success_rate"])
+            episodes[level] = r["episodes"]
+        for level, path in cfg.imagined.items():
+            kalm = _train(cfg, root / f"kalm-{level}-seed{seed}", seed, [path])
+            r = _evaluate(cfg, kalm, level)
+            results["kalm"].setdefault(level, []).append(r["success_rate"])
+    summary = {"algo": cfg.algo, "seeds": cfg.seeds, "steps": cfg.steps,
+               "episodes_per_level_and_seed": episodes, "success": results}
+    write_json(summary, root / "results.json")
+    (root / "results.md").write_text(markdown_table(summary))
+    bar_plot(summary, root / "results.png")
+    return summary
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    res = summary["success"]
+    levels = [lv for lv in LEVEL_ORDER if lv in res["baseline"] or lv in res["kalm"]]
+    lines = [f"Success rate (%) of {summary['algo'].upper()}, mean ± std over seeds "
+             f"{summary['seeds']}, {summary['steps']} training steps; episodes per level and "
+             f"seed: {summary['episodes_per_level_and_seed']}.", "",
+             "| level | real only | KALM (real + imagined) |", "|---|---|---|"]
+    for lv in levels:
+        lines.append(f"| {lv} | {_fmt(res['baseline'].get(lv, []))} | "
+                     f"{_fmt(res['kalm'].get(lv, []))} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_plot(summary: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = summary["success"]
+    levels = [lv for lv in LEVEL_ORDER if lv in res["baseline"] or lv in res["kalm"]]
+    x = np.arange(len(levels))
+    fig, ax = plt.subplots(figsize=(1.8 * len(levels) + 2, 3.2))
+    for k, (key, label) in enumerate((("baseline", "real only"), ("kalm", "KALM"))):
+        means = [100 * np.mean(res[key][lv]) if res[key].get(lv) else 0 for lv in levels]
+        half_std = [50 * np.std(res[key][lv]) if res[key].get(lv) else 0 for lv in levels]
+        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=half_std, capsize=3, label=label)
+    ax.set_xticks(x, levels)
+    ax.set_ylabel("success rate (%)")
+    ax.set_title(f"{summary['algo'].upper()}: real only vs KALM (error bars: half std)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
