@@ -67,6 +67,7 @@ class GroundConfig:
     metrics_episodes: int = 200  # validation episodes for the final grounding metrics
     explain_episodes: int = 100
     time_limit_minutes: float | None = None  # stop (and save) after this long
+    stop_at_step: int | None = None  # stop early at this step, keeping the schedule of `steps`
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -309,8 +310,9 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         if log is not None:
             log.write(step, "train", {**values, "lr": scheduler.get_last_lr()[0],
                                       "elapsed_s": time.time() - t0})
-        timed_out = (cfg.time_limit_minutes is not None
-                     and time.time() - t0 > 60 * cfg.time_limit_minutes)
+        timed_out = ((cfg.time_limit_minutes is not None
+                      and time.time() - t0 > 60 * cfg.time_limit_minutes)
+                     or (cfg.stop_at_step is not None and step >= cfg.stop_at_step))
         last = step >= g.total_steps or timed_out
         if val_batches and (step % cfg.eval_every == 0 or last) and log is not None:
             log.write(step, "val", evaluate_losses(inner, val_batches, cfg.loss_weights,
@@ -339,3 +341,26 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(out / "grounding_metrics.json")
     return result
+
+
+def export_checkpoint(run_dir: str | Path, step: int, out: str | Path,
+                      backbone: Backbone | None = None) -> Path:
+    """Turn checkpoint `step` of a grounding run into a loadable model folder."""
+    ckpt = Path(run_dir) / "checkpoints" / f"step-{step:07d}.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    meta = state["meta"]
+    from kalm.llm.saving import AdapterConfig as _Adapter
+
+    if backbone is None:
+        name = meta["backbone"]["name"]
+        backbone = load_backbone(None if name == "smollm2-135m-instruct" else name)
+    check_backbone(meta, backbone, str(ckpt))
+    spec = RolloutSpec(**{k: (tuple(v) if isinstance(v, list) else v)
+                          for k, v in meta["spec"].items()})
+    model = build_rollout_model(backbone, spec, ModelConfig(**meta["model"]),
+                                _Adapter(**meta["adapter"]))
+    load_trainable_state(model, state["model"], str(ckpt))
+    return save_rollout_model(model, out, {**meta, "train": {**meta["train"],
+                                                             "steps_done": step}})
