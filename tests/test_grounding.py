@@ -286,3 +286,19 @@ def test_default_backbone_loads_and_trains_one_step(tmp_path):
     result = ground(cfg, backbone=backbone, progress=False)
     assert result["steps"] == 1
     assert (tmp_path / "g" / "weights.safetensors").exists()
+
+
+def test_export_checkpoint_and_stop_at_step(tmp_path, tokenizer):
+    from kalm.llm.train import export_checkpoint
+
+    result = _train(tmp_path, tokenizer, "g", steps=6, stop_at_step=3)
+    assert result["steps"] == 3
+    out = export_checkpoint(tmp_path / "g", 3, tmp_path / "exported", backbone=fresh(tokenizer))
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "weights.safetensors"))
+    b = load_file(str(tmp_path / "g" / "weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        export_checkpoint(tmp_path / "g", 99, tmp_path / "x", backbone=fresh(tokenizer))
