@@ -65,43 +65,30 @@ def _summary(norm_sq: torch.Tensor, abs_err: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()
 def greedy_text(model: RolloutModel, builder: PromptBuilder, prompts, max_new_tokens: int = 40
                 ) -> list[str]:
-    """Greedy decoding through the LM head with a KV cache (prompts left-padded)."""
+    """Greedy decoding through the LM head, with the same left-padded KV-cache decoder as
+    imagination."""
+    from kalm.llm.generate import _Decoder, _left_pad
+
     spec = model.spec
-    b = collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type, spec.action_dim)
-    lengths = b["attention_mask"].sum(1)
-    n, width = b["input_ids"].shape
-    # left-align: shift each right-padded row so all prompts end at the last column
-    shift = (width - lengths).tolist()
-    def left(t):
-        return torch.stack([torch.roll(t[i], shift[i], dims=0) for i in range(n)])
-    keys = ("input_ids", "attention_mask", "state_in_mask", "state_in", "action_in_mask",
-            "action_in")
-    b = {k: left(b[k]) for k in keys}
-    attn = b["attention_mask"]
-    pos = (attn.cumsum(1) - 1).clamp_min(0)
+    b = _left_pad(collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type,
+                          spec.action_dim))
     x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
                     b["action_in"])
-    h, cache = model.hidden(x, attention_mask=attn, position_ids=pos, use_cache=True)
-    last = h[:, -1]
-    next_pos = pos[:, -1] + 1
-    out = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
+    dec = _Decoder(model, x, b["attention_mask"], use_cache=True)
+    n = x.shape[0]
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
     for _ in range(max_new_tokens):
-        tok = model.lm_head(last).argmax(-1)
+        tok = model.lm_head(dec.last).argmax(-1)
         for i in range(n):
             if not done[i]:
                 if int(tok[i]) == builder.eos_id:
                     done[i] = True
                 else:
                     out[i].append(int(tok[i]))
-        if done.all():
+        if all(done):
             break
-        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
-        h, cache = model.hidden(model.embed_tokens(tok[:, None]), attention_mask=attn,
-                                position_ids=next_pos[:, None], past_key_values=cache,
-                                use_cache=True)
-        last = h[:, -1]
-        next_pos = next_pos + 1
+        dec.feed(model.embed_tokens(tok))
     return [builder.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
 
 
