@@ -89,7 +89,8 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
              gif) -> None:
     """Run a policy closed-loop in the real simulator and print success per level."""
     from kalm.data.suites import SuiteError, resolve_suite
-    from kalm.eval.evaluate import evaluate_policy, write_json
+    from kalm.eval.evaluate import evaluate_policy
+    from kalm.io import write_json
 
     if env != "clevr":
         _fail(ValueError(f"unknown env {env!r}; built-in: 'clevr'"))

@@ -87,7 +87,7 @@ def reset_unsolved(
     if init is not None:
         options["init"] = list(init)
     for k in range(MAX_RESETS):
-        obs, info = env.reset(seed=seed + k if k else seed, options=options)
+        obs, info = env.reset(seed=seed + k, options=options)
         if init is not None or not info["is_success"]:
             return obs, info
     raise RuntimeError(f"could not draw a scene where goal {goal} does not already hold")

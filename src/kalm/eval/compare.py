@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from kalm.data.suites import load_builtin_suite, resolve_suite
-from kalm.eval.evaluate import evaluate_policy, write_json
+from kalm.eval.evaluate import evaluate_policy
+from kalm.io import write_json
 from kalm.rl.algos import AlgoConfig
 from kalm.rl.train import TrainConfig, TrainedPolicy, train_policy
 

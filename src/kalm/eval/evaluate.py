@@ -6,11 +6,8 @@ suite's `init` or a reset seeded by (seed, i), and success by the same checks as
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +18,7 @@ from kalm.data.parallel import imap_ordered
 from kalm.data.rollout import Policy, episode_seed, make_builtin_policy, run_episode
 from kalm.data.suites import GoalSuite, SuiteEntry
 from kalm.eval.stats import wilson_interval
+from kalm.io import write_json  # noqa: F401  (re-exported for callers)
 
 
 @dataclass
@@ -139,13 +137,3 @@ def evaluate_policy(
     bar.close()
     label = name or (policy if isinstance(policy, str) else getattr(policy, "__name__", "policy"))
     return EvalResult(policy=str(label), seed=seed, levels=levels, episodes=all_eps)
-
-
-def write_json(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path

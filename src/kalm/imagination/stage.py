@@ -24,6 +24,7 @@ from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success, max_steps
 from kalm.envs.clevr.rewards import episode_rewards
 from kalm.imagination.quality import QualityReport, RolloutCheck, assess
+from kalm.io import write_json
 from kalm.llm.generate import imagine_batch
 from kalm.llm.prompts import PromptBuilder, normalize_instruction
 
@@ -193,9 +194,7 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
     if cfg.filter_explanation:
         _explanations(model, builder, episodes)
     stats = summarize(episodes, skipped, cfg)
-    kept = [e for e in episodes
-            if (not cfg.filter or bool(e.extras["realistic"]))
-            and (not cfg.filter_explanation or bool(e.extras["explanation_consistent"]))]
+    kept = [e for e in episodes if _keep(e, cfg)]
     if not kept:
         raise RuntimeError("every imagined rollout was filtered out or skipped")
     for e in kept:
@@ -205,12 +204,15 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
                                             cfg.suite, "seed": cfg.seed,
                                             "per_goal": cfg.per_goal})
     write_episodes(data, out)
-    stats_path = out.with_suffix(".stats.json")
-    tmp = stats_path.with_name(stats_path.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    tmp.replace(stats_path)
+    write_json(stats, out.with_suffix(".stats.json"))
     shutil.rmtree(parts, ignore_errors=True)
     return stats
+
+
+def _keep(e: Episode, cfg: ImagineConfig) -> bool:
+    """Whether the enabled filters let a rollout through."""
+    return ((not cfg.filter or bool(e.extras["realistic"]))
+            and (not cfg.filter_explanation or bool(e.extras["explanation_consistent"])))
 
 
 def _spec():
@@ -238,9 +240,6 @@ def summarize(episodes: list[Episode], skipped: list[dict[str, Any]],
                        "explanation": {"enabled": cfg.filter_explanation,
                                        "would_drop": inconsistent if cfg.filter_explanation
                                        else None}},
-            "kept": sum(1 for e in episodes
-                        if (not cfg.filter or bool(e.extras["realistic"]))
-                        and (not cfg.filter_explanation
-                             or bool(e.extras["explanation_consistent"])))}
+            "kept": sum(_keep(e, cfg) for e in episodes)}
 
 

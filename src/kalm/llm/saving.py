@@ -166,21 +166,26 @@ def _fmt(ident: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in ident.items() if k != "digest")
 
 
+def model_from_meta(meta: dict[str, Any], backbone: Backbone | None, where: str
+                    ) -> RolloutModel:
+    """An untrained model of the saved architecture, on the stored backbone unless given."""
+    if backbone is None:
+        backbone = load_backbone(meta["backbone"]["name"])
+    check_backbone(meta, backbone, where)
+    spec = RolloutSpec(**{k: (tuple(v) if isinstance(v, list) else v)
+                          for k, v in meta["spec"].items()})
+    return build_rollout_model(backbone, spec, ModelConfig(**meta["model"]),
+                               AdapterConfig(**meta["adapter"]))
+
+
 def load_rollout_model(folder: str | Path, backbone: Backbone | None = None,
                        spec: RolloutSpec | None = None) -> tuple[RolloutModel, dict[str, Any]]:
     """Rebuild a saved model on its backbone (loaded from the stored name unless given)."""
     folder = Path(folder)
     meta = read_meta(folder)
-    if backbone is None:
-        backbone = load_backbone(None if meta["backbone"]["name"] == "smollm2-135m-instruct"
-                                 else meta["backbone"]["name"])
-    check_backbone(meta, backbone, str(folder))
-    saved_spec = RolloutSpec(**{k: (tuple(v) if isinstance(v, list) else v)
-                                for k, v in meta["spec"].items()})
     if spec is not None:
         check_spec(meta, spec, str(folder))
-    model = build_rollout_model(backbone, saved_spec, ModelConfig(**meta["model"]),
-                                AdapterConfig(**meta["adapter"]))
+    model = model_from_meta(meta, backbone, str(folder))
     load_trainable_state(model, load_file(str(folder / WEIGHTS)), str(folder / WEIGHTS))
     model.eval()
     return model, meta

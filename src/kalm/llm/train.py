@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from kalm.data.episodes import EpisodeData, read_episodes
+from kalm.io import write_json
 from kalm.llm.backbone import Backbone, load_backbone
 from kalm.llm.batching import Collator, GroundingSamples, Paraphrases
 from kalm.llm.losses import GroundingObjective, LossWeights, grounding_losses
@@ -28,10 +29,11 @@ from kalm.llm.model import ModelConfig, RolloutModel, RolloutSpec
 from kalm.llm.prompts import OBJECTIVES, PromptBuilder
 from kalm.llm.saving import (
     AdapterConfig,
-    CheckpointMismatch,
     build_rollout_model,
     check_backbone,
+    check_spec,
     load_trainable_state,
+    model_from_meta,
     model_meta,
     save_rollout_model,
     trainable_state,
@@ -257,9 +259,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         last = _checkpoints(ckpt_dir)[-1]
         state = torch.load(last, map_location="cpu", weights_only=False)
         check_backbone(state["meta"], g.backbone, str(last))
-        if state["meta"]["spec"]["obs_dim"] != g.spec.obs_dim or \
-                state["meta"]["spec"]["env"] != g.spec.env:
-            raise CheckpointMismatch(f"{last} was made for env {state['meta']['spec']['env']}")
+        check_spec(state["meta"], g.spec, str(last))
         load_trainable_state(model, state["model"], str(last))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -337,9 +337,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
                                         max_episodes=cfg.metrics_episodes,
                                         explain_episodes=cfg.explain_episodes)
             result.update(metrics)
-        tmp = out / ".grounding_metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out / "grounding_metrics.json")
+        write_json(result, out / "grounding_metrics.json")
     return result
 
 
@@ -351,16 +349,7 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path,
         raise FileNotFoundError(f"{ckpt}: no such checkpoint")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     meta = state["meta"]
-    from kalm.llm.saving import AdapterConfig as _Adapter
-
-    if backbone is None:
-        name = meta["backbone"]["name"]
-        backbone = load_backbone(None if name == "smollm2-135m-instruct" else name)
-    check_backbone(meta, backbone, str(ckpt))
-    spec = RolloutSpec(**{k: (tuple(v) if isinstance(v, list) else v)
-                          for k, v in meta["spec"].items()})
-    model = build_rollout_model(backbone, spec, ModelConfig(**meta["model"]),
-                                _Adapter(**meta["adapter"]))
+    model = model_from_meta(meta, backbone, str(ckpt))
     load_trainable_state(model, state["model"], str(ckpt))
     return save_rollout_model(model, out, {**meta, "train": {**meta["train"],
                                                              "steps_done": step}})
