@@ -17,7 +17,7 @@ import numpy as np
 
 from kalm.data.suites import load_builtin_suite, resolve_suite
 from kalm.eval.evaluate import evaluate_policy
-from kalm.io import write_json
+from kalm.io import write_json, write_text_atomic
 from kalm.rl.algos import AlgoConfig
 from kalm.rl.train import TrainConfig, TrainedPolicy, train_policy
 
@@ -38,6 +38,7 @@ class CompareConfig:
     suite_file: str | None = None  # evaluate on this suite instead of the built-in ones
     workers: int = 2
     eval_seed: int = 1000
+    imagined_ratio: float = 0.5  # share of each KALM batch drawn from imagined data
 
 
 def _suite(cfg: CompareConfig, level: str):
@@ -46,48 +47,83 @@ def _suite(cfg: CompareConfig, level: str):
     return load_builtin_suite(level)
 
 
-def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str) -> dict[str, Any]:
-    path = policy_dir / f"eval-{level}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+def policy_runs(cfg: CompareConfig, seed: int) -> list[tuple[str, str | None]]:
+    """(folder name, level of its imagined data or None for the baseline) for one seed."""
+    return [(f"baseline-seed{seed}", None)] + [
+        (f"kalm-{level}-seed{seed}", level) for level in cfg.imagined]
+
+
+def train_seed(cfg: CompareConfig, root: Path, seed: int, progress: bool = True) -> list[Path]:
+    """Train (or resume, or skip when finished) the baseline and every KALM policy of a seed."""
+    out = []
+    for name, level in policy_runs(cfg, seed):
+        folder = root / name
+        if not (folder / "policy.d3").exists():
+            imagined = [cfg.imagined[level]] if level else []
+            train_policy(TrainConfig(real=cfg.real, out=str(folder), imagined=imagined,
+                                     algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
+                                     imagined_ratio=cfg.imagined_ratio,
+                                     save_every=max(1, cfg.steps // 10)),
+                         resume=True, progress=progress)
+        out.append(folder)
+    return out
+
+
+def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> dict[str, Any]:
+    if out.exists():
+        return json.loads(out.read_text())
     import functools
 
     n = cfg.easy_episodes if level == "easy" else cfg.episodes
     res = evaluate_policy(functools.partial(TrainedPolicy, str(policy_dir)), _suite(cfg, level),
                           n, seed=cfg.eval_seed, workers=cfg.workers, name=str(policy_dir))
-    out = res.to_json()["levels"][level]
-    write_json(out, path)
-    return out
+    result = res.to_json()["levels"][level]
+    write_json(result, out)
+    return result
 
 
-def _train(cfg: CompareConfig, out: Path, seed: int, imagined: list[str]) -> Path:
-    if (out / "policy.d3").exists():
-        return out
-    train_policy(TrainConfig(real=cfg.real, out=str(out), imagined=imagined,
-                             algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
-                             save_every=max(1, cfg.steps // 10)), resume=True)
-    return out
+def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
+                  ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Evaluate one seed's policies: the baseline on every level, each KALM policy on its level.
+
+    Results go to OUT/<policy>/eval-<level>.json; existing ones are reused (resume)."""
+    results: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "kalm": {}}
+    for name, level in policy_runs(cfg, seed):
+        for lv in (cfg.levels if level is None else [level]):
+            r = _evaluate(cfg, policies / name, lv, out / name / f"eval-{lv}.json")
+            results["baseline" if level is None else "kalm"][lv] = r
+    return results
+
+
+def summarize(cfg: CompareConfig, per_seed: dict[int, dict[str, dict[str, dict[str, Any]]]]
+              ) -> dict[str, Any]:
+    """Success rates over seeds per method and level (seed order kept)."""
+    success: dict[str, dict[str, list[float]]] = {"baseline": {}, "kalm": {}}
+    episodes: dict[str, int] = {}
+    for seed in sorted(per_seed):
+        for method, levels in per_seed[seed].items():
+            for lv, r in levels.items():
+                success[method].setdefault(lv, []).append(r["success_rate"])
+                episodes[lv] = r["episodes"]
+    return {"algo": cfg.algo, "seeds": sorted(per_seed), "steps": cfg.steps,
+            "episodes_per_level_and_seed": episodes, "success": success}
+
+
+def write_summary(summary: dict[str, Any], root: Path) -> None:
+    """results.json, results.md and results.png in ROOT."""
+    write_json(summary, root / "results.json")
+    write_text_atomic(root / "results.md", markdown_table(summary))
+    bar_plot(summary, root / "results.png")
 
 
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     root = Path(cfg.out)
-    results: dict[str, dict[str, list[float]]] = {"baseline": {}, "kalm": {}}
-    episodes: dict[str, int] = {}
+    per_seed = {}
     for seed in cfg.seeds:
-        base = _train(cfg, root / f"baseline-seed{seed}", seed, [])
-        for level in cfg.levels:
-            r = _evaluate(cfg, base, level)
-            results["baseline"].setdefault(level, []).append(r["success_rate"])
-            episodes[level] = r["episodes"]
-        for level, path in cfg.imagined.items():
-            kalm = _train(cfg, root / f"kalm-{level}-seed{seed}", seed, [path])
-            r = _evaluate(cfg, kalm, level)
-            results["kalm"].setdefault(level, []).append(r["success_rate"])
-    summary = {"algo": cfg.algo, "seeds": cfg.seeds, "steps": cfg.steps,
-               "episodes_per_level_and_seed": episodes, "success": results}
-    write_json(summary, root / "results.json")
-    (root / "results.md").write_text(markdown_table(summary))
-    bar_plot(summary, root / "results.png")
+        train_seed(cfg, root, seed)
+        per_seed[seed] = evaluate_seed(cfg, root, root, seed)
+    summary = summarize(cfg, per_seed)
+    write_summary(summary, root)
     return summary
 
 

@@ -1,0 +1,254 @@
+"""`kalm report`: one self-contained markdown + HTML page from the files of a `kalm run` folder.
+
+Nothing in the report is typed in by hand: success rates come from the evaluation JSON files,
+curves from the grounding metrics log, quality numbers from the imagination statistics, and the
+GIFs are drawn from the imagined episode file next to a replay of the same actions in the real
+simulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kalm.eval.compare import LEVEL_ORDER, bar_plot, policy_runs, summarize
+from kalm.io import write_text_atomic
+
+HTML_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}
+th{background:#eee}img{max-width:100%}code{background:#f4f4f4}"""
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+
+
+def _records(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(root.glob("*/stage.json")):
+        if ".superseded-" in path.parent.name:
+            continue
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def stage_table(root: Path, order: list[str]) -> str:
+    recs = {r["stage"]: r for r in _records(root)}
+    lines = ["| stage | status | wall time (min) | attempts | hash |", "|---|---|---|---|---|"]
+    total = 0.0
+    for name in order:
+        r = recs.get(name)
+        if r is None:
+            lines.append(f"| {name} | not run | - | - | - |")
+            continue
+        total += float(r["wall_s"])
+        status = "done" if r.get("done") else "running / interrupted"
+        lines.append(f"| {name} | {status} | {r['wall_s'] / 60:.1f} | {r.get('attempts', 1)} | "
+                     f"`{r['hash'][:8]}` |")
+    lines.append(f"| **total** | | **{total / 60:.1f}** | | |")
+    return "\n".join(lines)
+
+
+def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
+    """Per algorithm: the compare-style summary over the seeds evaluated so far."""
+    from kalm.pipeline import _compare_config
+
+    out = {}
+    for algo in cfg.rl.algos:
+        cc = _compare_config(cfg, algo, root)
+        per_seed: dict[int, dict[str, dict[str, Any]]] = {}
+        for seed in cfg.seeds:
+            folder = root / f"evaluate-{algo}-seed{seed}"
+            res: dict[str, dict[str, Any]] = {"baseline": {}, "kalm": {}}
+            for name, level in policy_runs(cc, seed):
+                for lv in (cfg.evaluate.levels if level is None else [level]):
+                    path = folder / name / f"eval-{lv}.json"
+                    if path.exists():
+                        res["baseline" if level is None else "kalm"][lv] = json.loads(
+                            path.read_text())
+            if res["baseline"] or res["kalm"]:
+                per_seed[seed] = res
+        if per_seed:
+            out[algo] = summarize(cc, per_seed)
+    return out
+
+
+def success_table(summaries: dict[str, dict[str, Any]]) -> str:
+    algos = list(summaries)
+    levels = [lv for lv in LEVEL_ORDER
+              if any(lv in s["success"]["baseline"] or lv in s["success"]["kalm"]
+                     for s in summaries.values())]
+    head = "| level | episodes / seed | " + " | ".join(
+        f"{a.upper()} real only | {a.upper()} KALM" for a in algos) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(algos)]
+    for lv in levels:
+        eps = next((s["episodes_per_level_and_seed"].get(lv) for s in summaries.values()
+                    if lv in s["episodes_per_level_and_seed"]), "-")
+        cells = []
+        for a in algos:
+            res = summaries[a]["success"]
+            cells += [_fmt(res["baseline"].get(lv, [])), _fmt(res["kalm"].get(lv, []))]
+        lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grounding_section(root: Path, folder: Path) -> list[str]:
+    from kalm.eval.plots import plot_grounding_curves
+
+    ground = root / "ground"
+    lines = ["## Grounding", ""]
+    if (ground / "metrics.jsonl").exists():
+        plot_grounding_curves(ground / "metrics.jsonl", folder / "grounding-curves.png")
+        lines += ["![grounding curves](grounding-curves.png)", ""]
+    path = ground / "grounding_metrics.json"
+    if path.exists():
+        m = json.loads(path.read_text())
+        tf = m.get("rollout_teacher_forced", {})
+        rows = [
+            ("optimizer steps", m.get("steps")),
+            ("training time (min)", f"{m.get('train_seconds', 0) / 60:.1f}"),
+            ("validation episodes", m.get("val_episodes")),
+            ("action accuracy (teacher forced)", _pct(tf.get("action_accuracy"))),
+            ("rollout next-state RMSE (m)", _num(tf.get("rmse_m"))),
+            ("dynamics next-state RMSE (m)", _num(m.get("dynamics", {}).get("rmse_m"))),
+            ("final-state (consequence) RMSE (m)",
+             _num(m.get("consequence", {}).get("rmse_m"))),
+            ("explanation accuracy", _pct(m.get("explanation", {}).get("accuracy"))),
+        ]
+        lines += ["| metric (held-out episodes) | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return lines
+
+
+def _pct(v: float | None) -> str | None:
+    return None if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None) -> str | None:
+    return None if v is None else f"{v:.3f}"
+
+
+def imagination_table(root: Path, levels: list[str]) -> str:
+    cols = [("rollouts", "rollouts", str), ("transitions", "transitions", str),
+            ("self-judged match", "self_judged_match", _pct),
+            ("replayed match", "replayed_match", _pct),
+            ("random-action replay", "random_replay_match", _pct),
+            ("unrealistic rollouts", "unrealistic_rollouts_pct", lambda v: f"{v:.1f}%"),
+            ("state error (m)", "state_error_mean_m", _num)]
+    lines = ["| level | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for lv in levels:
+        path = root / f"imagine-{lv}" / "imagined.stats.json"
+        if not path.exists():
+            continue
+        stats = json.loads(path.read_text())["levels"]
+        for name, s in stats.items():
+            cells = [fmt(s[key]) if s.get(key) is not None else "-" for _, key, fmt in cols]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side_gifs(root: Path, folder: Path, level: str, k: int) -> list[Path]:
+    """Imagined rollout (left) next to the same actions replayed in the simulator (right)."""
+    from kalm.data.episodes import read_episodes
+    from kalm.envs.clevr.env import CLEVRRobotEnv
+    from kalm.envs.clevr.render import draw_state, save_gif
+    from kalm.imagination.quality import replay
+
+    path = root / f"imagine-{level}" / "imagined.h5"
+    if not path.exists() or k < 1:
+        return []
+    data = read_episodes(path)
+    env = CLEVRRobotEnv()
+    out = []
+    for i in range(min(k, len(data))):
+        ep = data.episode(i)
+        real, ok = replay(env, ep.goal, ep.observations[0], ep.actions)
+        imagined = ep.observations
+        frames = []
+        for t in range(len(imagined)):
+            left = draw_state(imagined[t], size=220, caption=f"imagined t={t}")
+            right = draw_state(real[t].reshape(-1), size=220,
+                               caption=f"real replay t={t}" + (" (goal met)" if ok and
+                                                               t == len(real) - 1 else ""))
+            frames.append(np.concatenate([left, np.full((left.shape[0], 6, 3), 255, np.uint8),
+                                          right], axis=1))
+        out.append(save_gif(frames, folder / f"{level}-{i}.gif", fps=1.5))
+        out[-1].with_suffix(".txt").write_text(ep.instruction)
+    env.close()
+    return out
+
+
+def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Path, Path]:
+    """report.md and report.html (images inlined) for the run folder ROOT."""
+    from kalm.pipeline import build_stages, load_run
+
+    root = Path(root)
+    cfg = load_run(root)
+    folder = Path(folder) if folder is not None else root / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = [s.name for s in build_stages(cfg)]
+    md = [f"# kalm run report: {cfg.name}", "",
+          f"Run folder `{root}`, env `{cfg.env}`, seeds {cfg.seeds}, algorithms "
+          f"{', '.join(a.upper() for a in cfg.rl.algos)}. Every number below is read from the "
+          "files of this run; success rates are episodes in the real simulator.", "",
+          "## Stages", "", stage_table(root, [s for s in stages if s != "report"]), ""]
+
+    summaries = success_summaries(root, cfg)
+    md += ["## Success rate (%) in the real simulator", ""]
+    if summaries:
+        steps = ", ".join(f"{a.upper()} {s['steps']}" for a, s in summaries.items())
+        md += ["Mean ± std over seeds " + ", ".join(
+            f"{a.upper()} {s['seeds']}" for a, s in summaries.items()) +
+            f"; training steps {steps}; evaluation seed {cfg.evaluate.seed}. *Real only* is "
+            "the same algorithm on the real episodes only; *KALM* adds that level's imagined "
+            "rollouts 1:1 in every batch.", "", success_table(summaries), ""]
+        for algo, s in summaries.items():
+            bar_plot(s, folder / f"success-{algo}.png")
+            md += [f"![{algo} success](success-{algo}.png)", ""]
+    else:
+        md += ["No evaluation results yet.", ""]
+
+    md += [*grounding_section(root, folder), ""]
+    md += ["## Imagined rollouts", "",
+           "Replayed match: the imagined actions, replayed from the imagined start state in the "
+           "real simulator, reach the goal. Random-action replay: the same for random actions "
+           "of the same length (the floor).", "",
+           imagination_table(root, list(cfg.imagine.levels)), ""]
+    if cfg.env == "clevr":
+        md += ["### Imagined (left) vs the same actions in the real simulator (right)", ""]
+        for lv in cfg.imagine.levels:
+            gifs = side_by_side_gifs(root, folder, lv, cfg.report.gifs_per_level)
+            for g in gifs:
+                md += [f"**{lv}**: \"{g.with_suffix('.txt').read_text()}\"", "",
+                       f"![{lv} rollout]({g.name})", ""]
+    md_path = write_text_atomic(folder / "report.md", "\n".join(md) + "\n")
+    html_path = write_text_atomic(folder / "report.html", to_html("\n".join(md), folder))
+    return md_path, html_path
+
+
+def to_html(md_text: str, folder: Path) -> str:
+    """Markdown to one HTML file with every image inlined as a data URI."""
+    import markdown
+
+    body = markdown.markdown(md_text, extensions=["tables"])
+
+    def inline(m: re.Match[str]) -> str:
+        src = m.group(1)
+        path = folder / src
+        if not path.is_file():
+            return m.group(0)
+        mime = "image/gif" if src.endswith(".gif") else "image/png"
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:{mime};base64,{data}"'
+
+    body = re.sub(r'src="([^"]+)"', inline, body)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>kalm report</title>"
+            f"<style>{HTML_STYLE}</style></head><body>{body}</body></html>\n")

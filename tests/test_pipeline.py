@@ -1,0 +1,212 @@
+"""`kalm run`: stage records, skipping, superseding, kill-and-resume, the report, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kalm.config import ConfigError
+from kalm.pipeline import RunConfig, Runner, Stage, load_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- the Runner
+
+
+def _stage(name, config, inputs, calls, content=None):
+    def run(folder: Path) -> list[Path]:
+        calls.append(name)
+        p = folder / "out.txt"
+        p.write_text(content or json.dumps(config))
+        return [p]
+
+    return Stage(name, config, inputs, run)
+
+
+def test_runner_skips_finished_stages_and_chains_hashes(tmp_path):
+    calls: list[str] = []
+    log: list[str] = []
+    r = Runner(tmp_path, log.append)
+    r.run(_stage("a", {"x": 1}, [], calls))
+    r.run(_stage("b", {"y": 1}, ["a"], calls))
+    assert calls == ["a", "b"]
+    rec = json.loads((tmp_path / "b" / "stage.json").read_text())
+    assert rec["done"] and rec["inputs"] == {"a": r.hashes["a"]} and rec["wall_s"] >= 0
+    assert set(rec["outputs"]) == {"out.txt"}
+
+    r2 = Runner(tmp_path, log.append)
+    r2.run(_stage("a", {"x": 1}, [], calls))
+    r2.run(_stage("b", {"y": 1}, ["a"], calls))
+    assert calls == ["a", "b"]  # nothing re-ran
+    assert sum("skipped" in m for m in log) == 2
+
+    # an upstream config change reruns the stage and, through the hash chain, its consumer;
+    # the old outputs are moved aside, not deleted
+    r3 = Runner(tmp_path, log.append)
+    r3.run(_stage("a", {"x": 2}, [], calls))
+    r3.run(_stage("b", {"y": 1}, ["a"], calls))
+    assert calls == ["a", "b", "a", "b"]
+    moved = sorted(p.name for p in tmp_path.iterdir() if ".superseded-" in p.name)
+    assert [m.split(".")[0] for m in moved] == ["a", "b"]
+    assert json.loads((tmp_path / moved[0] / "out.txt").read_text()) == {"x": 1}
+
+
+def test_runner_reruns_a_stage_whose_output_was_tampered_with(tmp_path):
+    calls: list[str] = []
+    Runner(tmp_path, lambda m: None).run(_stage("a", {"x": 1}, [], calls))
+    (tmp_path / "a" / "out.txt").write_text("edited by hand")
+    Runner(tmp_path, lambda m: None).run(_stage("a", {"x": 1}, [], calls))
+    assert calls == ["a", "a"]
+    rec = json.loads((tmp_path / "a" / "stage.json").read_text())
+    assert rec["attempts"] == 2
+
+
+def test_runner_records_wall_time_of_a_failed_attempt(tmp_path):
+    def boom(folder: Path) -> list[Path]:
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Runner(tmp_path, lambda m: None).run(Stage("a", {}, [], boom))
+    rec = json.loads((tmp_path / "a" / "stage.json").read_text())
+    assert not rec["done"] and rec["wall_s"] >= 0.05
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_shipped_configs_load_and_name_bad_keys(tmp_path):
+    for name in ("clevr-quick", "clevr-paper"):
+        cfg = load_run_config(ROOT / "configs" / f"{name}.yaml")
+        assert cfg.name == name and cfg.seeds == [0, 1, 2]
+        assert set(cfg.rl.algos) == {"bc", "cql"}
+    paper = load_run_config(ROOT / "configs" / "clevr-paper.yaml")
+    assert paper.collect.episodes == 100_000 and paper.ground.epochs == 10
+    assert paper.rl.steps == {"bc": 500_000, "cql": 500_000}
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nground:\n  batch_sise: 4\n")
+    with pytest.raises(ConfigError, match=r"ground\.batch_sise"):
+        load_run_config(bad)
+    bad.write_text("name: x\nrl:\n  steps: {bc: many}\n")
+    with pytest.raises(ConfigError, match=r"rl.steps.bc: expected an integer"):
+        load_run_config(bad)
+    bad.write_text("name: x\ncollect:\n  out: data/x.h5\n")
+    with pytest.raises(ConfigError, match=r"collect\.out is chosen by `kalm run`"):
+        load_run_config(bad)
+    bad.write_text("name: x\nrl: {algos: [bc, sac], steps: {bc: 10}}\n")
+    with pytest.raises(ConfigError, match="no entry for algo 'sac'"):
+        load_run_config(bad)
+    cfg = load_run_config(ROOT / "configs" / "clevr-quick.yaml", out=str(tmp_path / "r"),
+                          seeds=[4, 5])
+    assert cfg.seeds == [4, 5] and cfg.run_dir == tmp_path / "r"
+    assert isinstance(cfg, RunConfig)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone_dir(tmp_path_factory):
+    from kalm.llm.backbone import tiny_backbone
+
+    folder = tmp_path_factory.mktemp("tiny-backbone")
+    bb = tiny_backbone(hidden=32, layers=1)
+    bb.model.save_pretrained(folder)
+    bb.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _tiny_config(path: Path, backbone: Path, ground_steps: int) -> Path:
+    cfg = {
+        "name": "tiny", "seeds": [0],
+        "collect": {"episodes": 30, "workers": 1, "chunk_size": 10, "seed": 3},
+        "ground": {"backbone": str(backbone), "steps": ground_steps, "batch_size": 4,
+                   "save_every": 5, "eval_every": 20, "eval_episodes": 4,
+                   "metrics_episodes": 4, "explain_episodes": 2, "warmup_steps": 1},
+        "imagine": {"levels": {"easy": 1, "rephrase": 1}, "max_steps": 4, "batch_size": 32},
+        "rl": {"algos": ["bc"], "steps": {"bc": 30}},
+        "evaluate": {"levels": ["easy", "rephrase"], "episodes": 3, "easy_episodes": 3,
+                     "workers": 1},
+        "report": {"gifs_per_level": 1},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _kalm_run(config: Path, out: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kalm.cli", "run", "--config", str(config), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def _record(out: Path, stage: str) -> dict:
+    return json.loads((out / stage / "stage.json").read_text())
+
+
+@pytest.mark.timeout(600)
+def test_run_is_killed_mid_grounding_and_resumes(tmp_path, tiny_backbone_dir):
+    config = _tiny_config(tmp_path / "tiny.yaml", tiny_backbone_dir, ground_steps=60)
+    out = tmp_path / "run"
+    proc = _kalm_run(config, out)
+    ckpts = out / "ground" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(ckpts.glob("step-*")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert _record(out, "collect")["done"]
+    assert not _record(out, "ground")["done"]
+    killed_at = len([x for x in (out / "ground" / "metrics.jsonl").read_text().splitlines()
+                     if '"split": "train"' in x])
+    assert 0 < killed_at < 60
+
+    # second run: collect is skipped, grounding resumes from its checkpoint, the rest runs
+    # (fewer steps this time keeps the test quick: the config change supersedes ground)
+    text = subprocess.run(
+        [sys.executable, "-m", "kalm.cli", "run", "--config", str(config), "--out", str(out)],
+        capture_output=True, text=True, check=True).stdout
+    assert "collect: up to date" in text
+    assert "ground: resuming" in text
+    ground = _record(out, "ground")
+    assert ground["done"] and ground["attempts"] == 2
+    assert _record(out, "collect")["attempts"] == 1
+    meta = json.loads((out / "ground" / "kalm_model.json").read_text())
+    assert meta["train"]["steps_done"] == 60
+    report = (out / "report" / "report.md").read_text()
+    assert "| easy |" in report and "BC KALM" in report
+    assert (out / "report" / "report.html").read_text().count("data:image/") >= 3
+    assert list((out / "report").glob("easy-0.gif"))
+
+    # third run: everything up to date
+    text = subprocess.run(
+        [sys.executable, "-m", "kalm.cli", "run", "--config", str(config), "--out", str(out)],
+        capture_output=True, text=True, check=True).stdout
+    assert "running" not in text and "resuming" not in text
+    assert text.count("up to date") == len([p for p in out.iterdir()
+                                            if (p / "stage.json").exists()])
+
+    # changing the RL steps reruns training, evaluation and the report only
+    raw = yaml.safe_load(config.read_text())
+    raw["rl"]["steps"]["bc"] = 20
+    config.write_text(yaml.safe_dump(raw))
+    text = subprocess.run(
+        [sys.executable, "-m", "kalm.cli", "run", "--config", str(config), "--out", str(out)],
+        capture_output=True, text=True, check=True).stdout
+    for stage in ("collect", "ground", "imagine-easy", "imagine-rephrase"):
+        assert f"{stage}: up to date" in text
+    for stage in ("train-bc-seed0", "evaluate-bc-seed0", "report"):
+        assert f"{stage}: config or inputs changed" in text
