@@ -27,10 +27,40 @@ def _fail(exc: Exception) -> None:
     sys.exit(2)
 
 
+def _policy_factory(policy: str):
+    """(factory or built-in name, env string the policy was trained for or None)."""
+    import functools
+
+    p = Path(policy)
+    if not p.exists():
+        return policy, None
+    from kalm.rl.train import POLICY_FILE, TrainedPolicy, policy_env
+
+    if (p / "kalm_model.json").is_file():  # a grounded model: the LLM-as-policy baseline
+        from kalm.eval.llm_policy import LLMPolicy
+        from kalm.llm.saving import read_meta
+
+        return functools.partial(LLMPolicy, str(p)), read_meta(p)["spec"]["env"]
+    if p.is_file() or (p / POLICY_FILE).is_file():
+        return functools.partial(TrainedPolicy, str(p)), policy_env(p)
+    return policy, None
+
+
+def _env_name(env: str) -> str | None:
+    """The definition name behind an env string (None for a plain name kalm cannot load)."""
+    from kalm.envs.registry import find_env
+
+    definition = find_env(env)
+    return definition.name if definition is not None else None
+
+
 @main.command()
-@click.option("--env", default="clevr", show_default=True, help="Environment (built-in: clevr).")
-@click.option("--suite", type=SUITE_CHOICES, default="train", show_default=True,
-              help="Built-in goal suite the goals and instructions are drawn from.")
+@click.option("--env", default="clevr", show_default=True,
+              help="Environment: 'clevr' (built in), 'package.module:ATTR' or "
+                   "'path/to/file.py:ATTR' naming an EnvDefinition (docs/custom-env.md).")
+@click.option("--suite", default="train", show_default=True,
+              help="Built-in goal suite of the env the goals and instructions are drawn from "
+                   "(clevr: train, rephrase, easy, hard, all).")
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="A JSONL goal suite to use instead of a built-in one.")
 @click.option("--episodes", type=int, default=1000, show_default=True,
@@ -39,8 +69,8 @@ def _fail(exc: Exception) -> None:
 @click.option("--epsilon", type=float, default=0.0, show_default=True,
               help="Probability of a random action instead of the expert's, for diversity.")
 @click.option("--keep-failures", is_flag=True, help="Also keep episodes that did not succeed.")
-@click.option("--policy", type=click.Choice(["expert", "random"]), default="expert",
-              show_default=True, help="Behaviour policy.")
+@click.option("--policy", default="expert", show_default=True,
+              help="Built-in behaviour policy of the env ('expert', 'random').")
 @click.option("--init-region", type=click.Choice(["paper", "table"]), default="paper",
               show_default=True, help="Initial-state box: the original's, or the reachable table.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
@@ -50,7 +80,8 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
     """Collect real episodes with the scripted expert into an HDF5 episode file.
 
     Interrupted runs resume from the finished chunks in OUT.parts/; the file is written
-    atomically at the end.
+    atomically at the end. The --env string is stored in the file, so `kalm ground`,
+    `kalm imagine` and `kalm train` find the env from the data.
     """
     from kalm.data.collect import CollectConfig
     from kalm.data.collect import collect as run_collect
@@ -69,11 +100,15 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
 
 
 @main.command()
-@click.option("--env", default="clevr", show_default=True, help="Environment (built-in: clevr).")
+@click.option("--env", default=None,
+              help="Environment: 'clevr' (built in), 'package.module:ATTR' or "
+                   "'path/to/file.py:ATTR' naming an EnvDefinition (docs/custom-env.md). "
+                   "Default: the env the policy was trained for, else clevr.")
 @click.option("--policy", required=True,
               help="'expert', 'random', a trained policy folder (or its policy.d3), or a "
                    "grounded model folder (the LLM-as-policy baseline).")
-@click.option("--suite", type=SUITE_CHOICES, default="train", show_default=True)
+@click.option("--suite", default="train", show_default=True,
+              help="Built-in goal suite of the env (clevr: train, rephrase, easy, hard, all).")
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="A JSONL goal suite to use instead of a built-in one.")
 @click.option("--episodes", type=int, default=100, show_default=True, help="Episodes per level.")
@@ -89,31 +124,33 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
              gif) -> None:
     """Run a policy closed-loop in the real simulator and print success per level."""
     from kalm.data.suites import SuiteError, resolve_suite
+    from kalm.envs.registry import EnvError, get_env
     from kalm.eval.evaluate import evaluate_policy
     from kalm.io import write_json
 
-    if env != "clevr":
-        _fail(ValueError(f"unknown env {env!r}; built-in: 'clevr'"))
-    factory = policy
-    if policy not in ("expert", "random"):
-        import functools
-
-        from kalm.rl.train import POLICY_FILE, TrainedPolicy
-
-        p = Path(policy)
-        if (p / "kalm_model.json").is_file():  # a grounded model: the LLM-as-policy baseline
-            from kalm.eval.llm_policy import LLMPolicy
-
-            factory = functools.partial(LLMPolicy, str(p))
-        elif p.is_file() or (p / POLICY_FILE).is_file():
-            factory = functools.partial(TrainedPolicy, str(p))
-        else:
-            _fail(ValueError(f"--policy {policy!r} is not 'expert', 'random', a trained policy "
-                             f"(folder with {POLICY_FILE}) or a grounded model folder"))
+    factory, policy_env = _policy_factory(policy)
+    env = env or policy_env or "clevr"
     try:
-        goal_suite = resolve_suite(suite, suite_file)
+        definition = get_env(env)
+        trained_for = _env_name(policy_env) if policy_env else None
+    except EnvError as exc:
+        _fail(exc)
+    if isinstance(factory, str) and policy not in definition.policy_names:
+        from kalm.rl.train import POLICY_FILE
+
+        names = ", ".join(repr(n) for n in definition.policy_names)
+        _fail(ValueError(f"--policy {policy!r} is not {names} (built-in policies of env "
+                         f"{definition.name!r}), a trained policy (folder with {POLICY_FILE}) "
+                         "or a grounded model folder"))
+    if trained_for is not None and trained_for != definition.name:
+        _fail(ValueError(f"--policy {policy!r} was trained for env {policy_env!r} "
+                         f"({trained_for}), not {env!r}; pass --env {policy_env}"))
+    if gif and definition.name != "clevr":
+        _fail(ValueError("--gif renders CLEVR episodes only"))
+    try:
+        goal_suite = resolve_suite(suite, suite_file, env)
         result = evaluate_policy(factory, goal_suite, episodes, seed=seed, workers=workers,
-                                 init_region=init_region, name=policy)
+                                 init_region=init_region, name=policy, env=env)
     except (SuiteError, ValueError) as exc:
         _fail(exc)
     click.echo(f"policy {result.policy}, seed {seed}, suite {suite_file or suite}")
@@ -225,8 +262,11 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
-              help="A grounded model folder (the --out of `kalm ground`).")
-@click.option("--suite", type=SUITE_CHOICES, default="rephrase", show_default=True)
+              help="A grounded model folder (the --out of `kalm ground`); its env is the one "
+                   "the grounding data was collected in.")
+@click.option("--suite", default="rephrase", show_default=True,
+              help="Built-in goal suite of the model's env (clevr: train, rephrase, easy, hard, "
+                   "all).")
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="A JSONL goal suite to use instead of a built-in one.")
 @click.option("--per-goal", type=int, default=10, show_default=True,
@@ -277,12 +317,15 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
                "out of table | exceed dynamics | interpenetration | untouched moved | "
                "state error (m) |")
     click.echo("|---|---|---|---|---|---|---|---|---|---|")
+    def pct(v, scale=100.0, fmt=".1f", unit="%"):  # None: this env cannot produce the number
+        return "n/a" if v is None else f"{scale * v:{fmt}}{unit}"
+
     for level, r in stats["levels"].items():
-        click.echo(f"| {level} | {r['rollouts']} | {100 * r['self_judged_match']:.1f}% | "
-                   f"{100 * r['replayed_match']:.1f}% | {100 * r['random_replay_match']:.1f}% | "
-                   f"{r['out_of_table_pct']:.1f}% | {r['exceed_dynamics_pct']:.1f}% | "
-                   f"{r['interpenetration_pct']:.1f}% | {r['untouched_moved_pct']:.1f}% | "
-                   f"{r['state_error_mean_m']:.3f} |")
+        click.echo(f"| {level} | {r['rollouts']} | {pct(r['self_judged_match'])} | "
+                   f"{pct(r['replayed_match'])} | {pct(r['random_replay_match'])} | "
+                   f"{pct(r['out_of_table_pct'], 1)} | {pct(r['exceed_dynamics_pct'], 1)} | "
+                   f"{pct(r['interpenetration_pct'], 1)} | {pct(r['untouched_moved_pct'], 1)} | "
+                   f"{pct(r['state_error_mean_m'], 1, '.3f', '')} |")
     if stats["skipped"]:
         click.echo(f"skipped {len(stats['skipped'])} goal(s): "
                    + json.dumps(stats["skipped"][:3]))
@@ -383,13 +426,15 @@ def compare(algo, real, imagined, seeds, steps, episodes, easy_episodes, suite_f
 
 @main.command("check-suite")
 @click.argument("suite_file", type=click.Path(dir_okay=False))
-def check_suite(suite_file) -> None:
+@click.option("--env", default="clevr", show_default=True,
+              help="Environment whose goal checker validates the goals (see `kalm collect`).")
+def check_suite(suite_file, env) -> None:
     """Validate a JSONL goal suite and summarise it (levels, goals, paraphrases)."""
-    from kalm.data.suites import SuiteError, load_suite
+    from kalm.data.suites import load_suite
 
     try:
-        suite = load_suite(suite_file)
-    except SuiteError as exc:
+        suite = load_suite(suite_file, env=env)
+    except ValueError as exc:  # SuiteError, or an env string that does not load
         _fail(exc)
     for level in suite.levels:
         sub = suite.by_level(level)

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from kalm.data.episodes import EnvSpecInfo, Episode, EpisodeData, read_episodes, write_episodes
 from kalm.data.parallel import imap_ordered
-from kalm.data.rollout import episode_seed, make_builtin_policy, run_episode
+from kalm.data.rollout import episode_seed, run_episode
 from kalm.data.suites import GoalSuite, resolve_suite
+from kalm.envs.registry import env_kwargs, get_env, make_env
 
 CLEVR_SPEC = EnvSpecInfo(env="clevr", obs_dim=10, action_type="discrete", action_dim=40)
 
@@ -28,7 +29,7 @@ CLEVR_SPEC = EnvSpecInfo(env="clevr", obs_dim=10, action_type="discrete", action
 @dataclass(frozen=True)
 class CollectConfig:
     out: str
-    env: str = "clevr"
+    env: str = "clevr"  # "clevr", "package.module:ATTR" or "path/to/file.py:ATTR"
     suite: str = "train"
     suite_file: str | None = None
     episodes: int = 1000
@@ -54,11 +55,10 @@ _WORKER: dict[str, Any] = {}
 def _worker_state(cfg: CollectConfig) -> tuple[Any, Any, GoalSuite]:
     key = json.dumps(cfg.identity(), sort_keys=True)
     if _WORKER.get("key") != key:
-        from kalm.envs.clevr.env import CLEVRRobotEnv
-
-        _WORKER.update(key=key, env=CLEVRRobotEnv(init_region=cfg.init_region),
-                       policy=make_builtin_policy(cfg.policy, cfg.seed),
-                       suite=resolve_suite(cfg.suite, cfg.suite_file))
+        definition = get_env(cfg.env)  # workers look the env up again from its string
+        _WORKER.update(key=key, env=make_env(definition, cfg.init_region),
+                       policy=definition.policy(cfg.policy, cfg.seed),
+                       suite=resolve_suite(cfg.suite, cfg.suite_file, cfg.env))
     return _WORKER["env"], _WORKER["policy"], _WORKER["suite"]
 
 
@@ -88,13 +88,15 @@ def _parts_dir(out: Path) -> Path:
 
 def collect(cfg: CollectConfig, progress: bool = True) -> EpisodeData:
     """Collect `cfg.episodes` episodes into `cfg.out` (resuming finished chunks)."""
-    if cfg.env != "clevr":
-        raise ValueError(f"unknown env {cfg.env!r}; built-in: 'clevr'")
+    definition = get_env(cfg.env)
+    spec = definition.episode_spec(cfg.env)  # the string the user passed finds the env later
+    definition.policy(cfg.policy, cfg.seed)  # fail early on an unknown policy
+    env_kwargs(definition, cfg.init_region)  # ... and on options the env does not take
     if not 0.0 <= cfg.epsilon <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {cfg.epsilon}")
     if cfg.episodes < 1:
         raise ValueError("episodes must be at least 1")
-    resolve_suite(cfg.suite, cfg.suite_file)  # fail early on a bad suite
+    resolve_suite(cfg.suite, cfg.suite_file, cfg.env)  # fail early on a bad suite
     out = Path(cfg.out)
     parts = _parts_dir(out)
     manifest = parts / "manifest.json"
@@ -133,7 +135,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> EpisodeData:
         first_new = k
         todo = ((cfg, c) for c in itertools.count(first_new))
         for c, eps in enumerate(imap_ordered(collect_chunk, todo, cfg.workers), start=first_new):
-            write_episodes(EpisodeData.from_episodes(eps, CLEVR_SPEC), parts / f"chunk-{c:05d}.h5")
+            write_episodes(EpisodeData.from_episodes(eps, spec), parts / f"chunk-{c:05d}.h5")
             if accept(eps):
                 break
             if c > first_new + 50 and not kept:
@@ -141,7 +143,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> EpisodeData:
     bar.close()
     attrs = {"policy": cfg.policy, "suite": cfg.suite_file or cfg.suite, "seed": cfg.seed,
              "epsilon": cfg.epsilon, "attempts": attempts, "init_region": cfg.init_region}
-    data = EpisodeData.from_episodes(kept[: cfg.episodes], CLEVR_SPEC, source="real", attrs=attrs)
+    data = EpisodeData.from_episodes(kept[: cfg.episodes], spec, source="real", attrs=attrs)
     write_episodes(data, out)
     shutil.rmtree(parts, ignore_errors=True)
     return data

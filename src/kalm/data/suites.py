@@ -1,6 +1,7 @@
 """Goal suites (JSONL): the one way goals enter collection, imagination and evaluation.
 
-Each line is `{"instruction": str, "level": str, "goal": {...}, "init": [10 floats]?}`. Every
+Each line is `{"instruction": str, "level": str, "goal": {...}, "init": [obs_dim floats]?}`; the
+goal is checked by the environment's `validate_goal` (CLEVR unless another env is named). Every
 problem is reported with the file and line number.
 """
 
@@ -10,11 +11,10 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-BUILTIN_LEVELS = ("train", "rephrase", "easy", "hard")
+BUILTIN_LEVELS = ("train", "rephrase", "easy", "hard")  # CLEVR's; other envs name their own
 _LINE_KEYS = {"instruction", "level", "goal", "init"}
 
 
@@ -145,14 +145,15 @@ def load_suite(
     path: str | Path,
     validate_goal: Callable[[Any], dict[str, Any]] | None = None,
     obs_dim: int | None = None,
+    env: str = "clevr",
 ) -> GoalSuite:
-    """Load and validate a JSONL suite file (CLEVR's goal checker by default)."""
+    """Load and validate a JSONL suite file with `env`'s goal checker (unless one is given)."""
     if validate_goal is None or obs_dim is None:
-        from kalm.envs.clevr.constants import OBS_DIM
-        from kalm.envs.clevr.goals import validate_goal as clevr_validate
+        from kalm.envs.registry import get_env
 
-        validate_goal = validate_goal or clevr_validate
-        obs_dim = obs_dim or OBS_DIM
+        definition = get_env(env)
+        validate_goal = validate_goal or definition.validate_goal
+        obs_dim = obs_dim or definition.spec.obs_dim
     path = Path(path)
     if not path.is_file():
         raise SuiteError(f"{path}: no such suite file")
@@ -161,28 +162,40 @@ def load_suite(
     return GoalSuite(entries, name=path.stem)
 
 
-def builtin_suite_path(level: str) -> Path:
-    if level not in BUILTIN_LEVELS:
-        raise SuiteError(f"unknown built-in suite {level!r}; expected one of "
-                         f"{', '.join((*BUILTIN_LEVELS, 'all'))} or --suite-file")
-    return Path(str(resources.files("kalm.envs.clevr") / "suites" / f"{level}.jsonl"))
+def builtin_suite_path(level: str, env: str = "clevr") -> Path:
+    """The file of one of `env`'s built-in suites."""
+    from kalm.envs.registry import get_env
+
+    definition = get_env(env)
+    path = definition.suite_path(level)
+    if path is None:
+        names = ", ".join((*definition.levels, "all")) if definition.levels else "none"
+        raise SuiteError(f"unknown built-in suite {level!r} for env {definition.name!r}; "
+                         f"expected one of {names} or --suite-file")
+    return path
 
 
-def load_builtin_suite(level: str) -> GoalSuite:
-    """One built-in CLEVR suite, or `all` for the four of them together."""
+def load_builtin_suite(level: str, env: str = "clevr") -> GoalSuite:
+    """One built-in suite of `env`, or `all` for all of them together."""
     if level == "all":
+        from kalm.envs.registry import get_env
+
+        levels = get_env(env).levels
+        if not levels:
+            raise SuiteError(f"env {env!r} has no built-in suites; use --suite-file")
         entries: list[SuiteEntry] = []
-        for name in BUILTIN_LEVELS:
-            entries.extend(load_suite(builtin_suite_path(name)).entries)
+        for name in levels:
+            entries.extend(load_suite(builtin_suite_path(name, env), env=env).entries)
         return GoalSuite(entries, name="all")
-    return load_suite(builtin_suite_path(level))
+    return load_suite(builtin_suite_path(level, env), env=env)
 
 
-def resolve_suite(suite: str | None, suite_file: str | Path | None) -> GoalSuite:
+def resolve_suite(suite: str | None, suite_file: str | Path | None,
+                  env: str = "clevr") -> GoalSuite:
     """The suite named on the command line: a file wins over a built-in name."""
     if suite_file is not None:
-        return load_suite(suite_file)
-    return load_builtin_suite(suite or "train")
+        return load_suite(suite_file, env=env)
+    return load_builtin_suite(suite or "train", env)
 
 
 def goal_cycle(suite: GoalSuite, n: int) -> Sequence[list[SuiteEntry]]:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from kalm.data.episodes import Episode
 from kalm.data.parallel import imap_ordered
-from kalm.data.rollout import Policy, episode_seed, make_builtin_policy, run_episode
+from kalm.data.rollout import Policy, episode_seed, run_episode
 from kalm.data.suites import GoalSuite, SuiteEntry
 from kalm.eval.stats import wilson_interval
 from kalm.io import write_json  # noqa: F401  (re-exported for callers)
@@ -86,14 +86,16 @@ PolicyFactory = Callable[[], Policy]
 _WORKER: dict[str, Any] = {}
 
 
-def _run_batch(args: tuple[PolicyFactory | str, list[EvalTask], int, str]) -> list[Episode]:
-    factory, tasks, seed, init_region = args
-    key = f"{factory!r}|{seed}|{init_region}"
+def _run_batch(args: tuple[PolicyFactory | str, list[EvalTask], int, str, str]
+               ) -> list[Episode]:
+    factory, tasks, seed, init_region, env_name = args
+    key = f"{factory!r}|{seed}|{init_region}|{env_name}"
     if _WORKER.get("key") != key:
-        from kalm.envs.clevr.env import CLEVRRobotEnv
+        from kalm.envs.registry import get_env, make_env
 
-        policy = make_builtin_policy(factory, seed) if isinstance(factory, str) else factory()
-        _WORKER.update(key=key, env=CLEVRRobotEnv(init_region=init_region), policy=policy)
+        definition = get_env(env_name)  # workers look the env up again from its string
+        policy = definition.policy(factory, seed) if isinstance(factory, str) else factory()
+        _WORKER.update(key=key, env=make_env(definition, init_region), policy=policy)
     env, policy = _WORKER["env"], _WORKER["policy"]
     out = []
     for t in tasks:
@@ -114,17 +116,25 @@ def evaluate_policy(
     init_region: str = "paper",
     progress: bool = True,
     name: str | None = None,
+    env: str = "clevr",
 ) -> EvalResult:
-    """Success per level. `policy` is a built-in name or a picklable zero-argument factory."""
+    """Success per level in `env`. `policy` is a built-in policy name of the env or a picklable
+    zero-argument factory."""
+    from kalm.envs.registry import env_kwargs, get_env
+
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
+    definition = get_env(env)  # fail early on a bad env string or option
+    env_kwargs(definition, init_region)
+    if isinstance(policy, str):
+        definition.policy(policy, seed)
     tasks = plan_episodes(suite, episodes, seed)
     batch = 10
     batches = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
     levels: dict[str, LevelResult] = {lvl: LevelResult() for lvl in suite.levels}
     all_eps: list[Episode] = []
     bar = tqdm(total=len(tasks), desc="evaluate", unit="ep", disable=not progress)
-    work = ((policy, b, seed, init_region) for b in batches)
+    work = ((policy, b, seed, init_region, env) for b in batches)
     for b, eps in zip(batches, imap_ordered(_run_batch, work, workers), strict=True):
         for t, ep in zip(b, eps, strict=True):
             r = levels[t.level]

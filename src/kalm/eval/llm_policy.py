@@ -2,7 +2,8 @@
 
 a_t = argmax ActionHead(goal prompt, s_0, a_0, ..., s_t), with the real environment supplying
 the states. The prompt is encoded once; each step extends the KV cache by the executed action
-and the observed state.
+and the observed state. Works in any env the model was grounded on (continuous action heads
+give the action vector itself).
 """
 
 from __future__ import annotations
@@ -27,15 +28,20 @@ class LLMPolicy:
         self.builder = PromptBuilder(self.model.tokenizer)
         self._decoder = None
         self._instruction = ""
-        self._last_action: int | None = None
+        self._last_action: int | np.ndarray | None = None
 
     def begin(self, env, goal: Mapping[str, Any], instruction: str) -> None:
+        shape = getattr(getattr(env, "observation_space", None), "shape", None)
+        if shape and shape[0] != self.model.spec.obs_dim:
+            raise ValueError(f"the grounded model expects {self.model.spec.obs_dim}-d "
+                             f"observations (env {self.model.spec.env!r}); this env has "
+                             f"{shape[0]}")
         self._instruction = instruction
         self._decoder = None
         self._last_action = None
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray) -> int:
+    def act(self, obs: np.ndarray) -> int | np.ndarray:
         from kalm.llm.batching import collate
         from kalm.llm.generate import _Decoder
 
@@ -51,8 +57,14 @@ class LLMPolicy:
                         b["action_in"])
             self._decoder = _Decoder(m, x, b["attention_mask"], use_cache=True)
         else:
-            self._decoder.feed(m.embed_actions(torch.tensor([self._last_action])))
+            self._decoder.feed(m.embed_actions(torch.as_tensor(
+                np.asarray(self._last_action)[None])))
             self._decoder.feed(m.embed_states(state))
-        action = int(m.predict_action(self._decoder.last).argmax(-1)[0])
+        out = m.predict_action(self._decoder.last)[0]
+        action: int | np.ndarray
+        if m.spec.action_type == "discrete":
+            action = int(out.argmax(-1))
+        else:
+            action = out.float().numpy().astype(np.float32)
         self._last_action = action
         return action

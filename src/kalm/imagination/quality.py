@@ -1,4 +1,4 @@
-"""How realistic imagined CLEVR rollouts are, judged against the real simulator.
+"""How realistic imagined rollouts are, judged against the real simulator.
 
 - self-judged match: the imagined final state satisfies the goal;
 - replayed match (the headline): the imagined actions replayed in the real env from the same s_0
@@ -7,19 +7,28 @@
 - unrealistic transitions: a ball out of the reachable table, a ball moving further in one step
   than any real push, two balls interpenetrating, a ball moving that the push could not reach;
 - state error per step between the imagined and the replayed states.
+
+Every check runs for CLEVR. Another env gets the replay-based numbers only when its definition
+has a `set_state` hook (else they are null), and the CLEVR-specific realism checks not at all
+(null; such rollouts count as realistic for `--filter`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kalm.envs.clevr.constants import BALL_RADIUS, NUM_BALLS, TABLE_HIGH, TABLE_LOW
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+    from kalm.envs.registry import EnvDefinition
 
 TABLE_TOL = 0.03  # centres may sit this far outside the measured limits
 MAX_STEP_MOVE = 0.45  # no real push moves a ball further (one push ~0.25-0.33 plus momentum)
@@ -97,13 +106,17 @@ class QualityReport:
     untouched_moved: int = 0
     unrealistic_rollouts: int = 0
     step_errors: list[list[float]] = field(default_factory=list)  # per step: ball-distance errors
+    replayed: int = 0  # rollouts replayed in the simulator (all for CLEVR)
+    checked: int = 0  # rollouts the realism checks ran on (all for CLEVR, none elsewhere)
 
     def add(self, self_ok: bool, replay_ok: bool, random_ok: bool, check: RolloutCheck,
-            errors: np.ndarray) -> None:
+            errors: np.ndarray, replayed: bool = True, checked: bool = True) -> None:
         self.rollouts += 1
         self.self_success += int(self_ok)
         self.replay_success += int(replay_ok)
         self.random_replay_success += int(random_ok)
+        self.replayed += int(replayed)
+        self.checked += int(checked)
         self.transitions += check.transitions
         self.out_of_table += check.out_of_table
         self.exceed_dynamics += check.exceed_dynamics
@@ -116,21 +129,31 @@ class QualityReport:
             self.step_errors[t].append(float(e))
 
     def to_json(self) -> dict[str, Any]:
+        """Rates per level; numbers a check did not produce (no replay hook, no realism
+        checks for this env) are None."""
         n, m = max(self.rollouts, 1), max(self.transitions, 1)
+        r = max(self.replayed, 1)
+
+        def checked(v: float) -> float | None:
+            return v if self.checked else None
+
+        def replayed(v: float) -> float | None:
+            return v if self.replayed else None
+
         return {
             "rollouts": self.rollouts,
             "self_judged_match": self.self_success / n,
-            "replayed_match": self.replay_success / n,
-            "random_replay_match": self.random_replay_success / n,
+            "replayed_match": replayed(self.replay_success / r),
+            "random_replay_match": replayed(self.random_replay_success / r),
             "transitions": self.transitions,
-            "out_of_table_pct": 100 * self.out_of_table / m,
-            "exceed_dynamics_pct": 100 * self.exceed_dynamics / m,
-            "interpenetration_pct": 100 * self.interpenetration / m,
-            "untouched_moved_pct": 100 * self.untouched_moved / m,
-            "unrealistic_rollouts_pct": 100 * self.unrealistic_rollouts / n,
+            "out_of_table_pct": checked(100 * self.out_of_table / m),
+            "exceed_dynamics_pct": checked(100 * self.exceed_dynamics / m),
+            "interpenetration_pct": checked(100 * self.interpenetration / m),
+            "untouched_moved_pct": checked(100 * self.untouched_moved / m),
+            "unrealistic_rollouts_pct": checked(100 * self.unrealistic_rollouts / n),
             "state_error_by_step_m": [float(np.mean(e)) for e in self.step_errors[:50]],
             "state_error_mean_m": float(np.mean([x for e in self.step_errors for x in e]))
-            if self.step_errors else 0.0,
+            if self.step_errors else replayed(0.0),
         }
 
 
@@ -146,3 +169,51 @@ def assess(env: CLEVRRobotEnv, goal: Mapping[str, Any], observations: np.ndarray
     errors = np.linalg.norm(imagined[1:] - real[1:].reshape(len(real) - 1, -1, 2),
                             axis=-1).mean(-1)
     return replay_ok, random_ok, check, errors
+
+
+@dataclass
+class Assessment:
+    """One rollout's checks; None where this env cannot produce the number."""
+
+    replay_ok: bool | None
+    random_ok: bool | None
+    check: RolloutCheck | None
+    errors: np.ndarray  # per step, empty without a replay
+
+
+def replay_with_hook(definition: EnvDefinition, env: gym.Env, goal: Mapping[str, Any],
+                     s0: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Replay through the env's `set_state` hook and `step` (for envs other than CLEVR)."""
+    env.reset(seed=0, options={"goal": dict(goal), "instruction": "replay"})
+    definition.set_state(env, np.asarray(s0, dtype=np.float32))
+    states = [np.asarray(s0, dtype=np.float64)]
+    for a in actions:
+        obs, *_ = env.step(a)
+        states.append(np.asarray(obs, dtype=np.float64))
+    arr = np.asarray(states)
+    ok = len(arr) > 1 and definition.success(goal, arr[-1], arr[-2], actions[-1])
+    return arr, bool(ok)
+
+
+def assess_rollout(definition: EnvDefinition, env: gym.Env, goal: Mapping[str, Any],
+                   observations: np.ndarray, actions: np.ndarray, self_ok: bool,
+                   rng: np.random.Generator) -> Assessment:
+    """CLEVR: every check (`assess`). Other envs: replay-based numbers if the env can be set
+    to a state, no realism checks."""
+    if definition.name == "clevr":
+        return Assessment(*assess(env, goal, observations, actions, self_ok, rng))
+    if definition.set_state is None or len(actions) == 0:
+        return Assessment(None, None, None, np.zeros(0))
+    from kalm.data.rollout import random_action
+
+    acts = [_action(a) for a in actions]
+    real, replay_ok = replay_with_hook(definition, env, goal, observations[0], acts)
+    rand = [random_action(env.action_space, rng) for _ in acts]
+    _, random_ok = replay_with_hook(definition, env, goal, observations[0], rand)
+    diff = np.asarray(observations, dtype=np.float64)[1:] - real[1:]
+    return Assessment(replay_ok, random_ok, None, np.linalg.norm(diff, axis=-1))
+
+
+def _action(a: Any) -> Any:
+    a = np.asarray(a)
+    return int(a) if a.ndim == 0 else a.astype(np.float32)

@@ -1,8 +1,10 @@
 """`kalm imagine`: imaginary rollouts for a goal suite, labelled and checked.
 
-Each rollout starts from the goal's `init` or a seeded reset of the real env (redrawn while the
-goal already holds, as for real data), is decoded by the grounded model, labelled with the same
-success and reward functions as real data, and checked against the simulator. Work is done in
+The environment is the one the model was grounded on (`spec.env` of its metadata, the env string
+given to `kalm collect`). Each rollout starts from the goal's `init` or a seeded reset of the real
+env (redrawn while the goal already holds, as for real data), is decoded by the grounded model,
+labelled with the env's own success and reward functions, as real data is, and checked against
+the simulator. Work is done in
 chunks written to `<out>.parts/`, so an interrupted run resumes; the output is written atomically.
 """
 
@@ -14,16 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
 from kalm.data.rollout import episode_seed, reset_unsolved
 from kalm.data.suites import resolve_suite
-from kalm.envs.clevr.env import CLEVRRobotEnv
-from kalm.envs.clevr.goals import is_success, max_steps
-from kalm.envs.clevr.rewards import episode_rewards
-from kalm.imagination.quality import QualityReport, RolloutCheck, assess
+from kalm.envs.registry import EnvDefinition, get_env, make_env
+from kalm.imagination.quality import QualityReport, RolloutCheck, assess_rollout
 from kalm.io import write_json
 from kalm.llm.generate import imagine_batch
 from kalm.llm.prompts import PromptBuilder, normalize_instruction
@@ -58,8 +59,8 @@ class Task:
     init: tuple[float, ...] | None
 
 
-def plan_tasks(cfg: ImagineConfig) -> list[Task]:
-    suite = resolve_suite(cfg.suite, cfg.suite_file)
+def plan_tasks(cfg: ImagineConfig, env: str = "clevr") -> list[Task]:
+    suite = resolve_suite(cfg.suite, cfg.suite_file, env)
     tasks = []
     for group in suite.groups():
         for _ in range(cfg.per_goal):
@@ -83,13 +84,14 @@ def _context_ok(builder: PromptBuilder, model, text: str, steps: int) -> str | N
     return None
 
 
-def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, env: CLEVRRobotEnv,
-               tasks: list[Task], bar) -> tuple[list[Episode], list[dict[str, Any]]]:
+def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: EnvDefinition,
+               env: gym.Env, tasks: list[Task], bar
+               ) -> tuple[list[Episode], list[dict[str, Any]]]:
     episodes, skipped = [], []
     ready = []
     for t in tasks:
-        steps = max_steps(t.goal) if cfg.max_steps is None else min(cfg.max_steps,
-                                                                     max_steps(t.goal))
+        limit = int(definition.max_steps(t.goal))
+        steps = limit if cfg.max_steps is None else min(cfg.max_steps, limit)
         why = _context_ok(builder, model, t.instruction, steps)
         if why:
             skipped.append({"index": t.index, "instruction": t.instruction, "reason": why})
@@ -102,23 +104,29 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, env: CLEVRRobo
         batch = ready[i : i + cfg.batch_size]
         rolls = imagine_batch(model, builder, [b[0].instruction for b in batch],
                               np.stack([b[2] for b in batch]), [b[0].goal for b in batch],
-                              [b[1] for b in batch], is_success, temperature=cfg.temperature,
-                              seed=cfg.seed + i, use_cache=cfg.use_cache)
+                              [b[1] for b in batch], definition.success,
+                              temperature=cfg.temperature, seed=cfg.seed + i,
+                              use_cache=cfg.use_cache)
         for (t, _, _, s), r in zip(batch, rolls, strict=True):
-            rewards, terminals = episode_rewards(t.goal, r.observations.astype(np.float64),
-                                                 r.actions)
+            rewards, terminals = definition.labels(t.goal, r.observations, r.actions)
             rng = np.random.default_rng(s + 17)
-            replay_ok, random_ok, check, errors = assess(env, t.goal, r.observations,
-                                                         r.actions, r.success, rng)
+            a = assess_rollout(definition, env, t.goal, r.observations, r.actions, r.success,
+                               rng)
+            check = a.check or RolloutCheck(transitions=len(r.actions))
+            errors = a.errors
             ep = Episode(r.observations, r.actions, rewards, terminals, t.instruction, t.goal,
                          extras={"task_index": t.index, "self_success": r.success,
-                                 "replay_success": replay_ok, "random_replay_success": random_ok,
+                                 "replay_success": bool(a.replay_ok),
+                                 "random_replay_success": bool(a.random_ok),
+                                 "replayed": a.replay_ok is not None,
+                                 "realism_checked": a.check is not None,
                                  "realistic": check.realistic,
                                  "out_of_table": check.out_of_table,
                                  "exceed_dynamics": check.exceed_dynamics,
                                  "interpenetration": check.interpenetration,
                                  "untouched_moved": check.untouched_moved,
-                                 "mean_state_error": float(np.mean(errors)),
+                                 "mean_state_error": float(np.mean(errors)) if len(errors)
+                                 else float("nan"),
                                  "state_errors": _pad(errors),
                                  "explanation_consistent": True})
             ep.extras["level"] = t.level
@@ -133,35 +141,47 @@ def _pad(errors: np.ndarray, width: int = 50) -> np.ndarray:
     return out
 
 
-def _explanations(model, builder: PromptBuilder, episodes: list[Episode]) -> None:
-    from kalm.llm.metrics import explanation_correct, greedy_text
+def _explanations(model, builder: PromptBuilder, definition: EnvDefinition,
+                  episodes: list[Episode]) -> None:
+    from kalm.llm.metrics import greedy_text
 
+    judge = definition.explanation_correct
     for i in range(0, len(episodes), 16):
         chunk = episodes[i : i + 16]
         prompts = [builder.explanation_prompt(e.observations, e.actions) for e in chunk]
         for e, text in zip(chunk, greedy_text(model, builder, prompts), strict=True):
-            e.extras["explanation_consistent"] = explanation_correct(e.goal, text)
+            e.extras["explanation_consistent"] = bool(judge(text, e.goal))
 
 
 def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, Any]:
     """Generate, label, check (and optionally filter) imagined rollouts; returns statistics."""
-    from kalm.llm.saving import load_rollout_model
-    from kalm.llm.train import clevr_spec
+    from kalm.llm.saving import load_rollout_model, read_meta
 
     if cfg.per_goal < 1:
         raise ValueError("per_goal must be at least 1")
-    tasks = plan_tasks(cfg)
+    env_name = model.spec.env if model is not None else read_meta(cfg.model)["spec"]["env"]
+    definition = get_env(env_name)
+    if cfg.filter_explanation and definition.explanation_correct is None:
+        raise ValueError(f"--filter-explanation needs env {definition.name!r} to define "
+                         "explanation_correct")
+    spec = definition.rollout_spec(env_name)
+    tasks = plan_tasks(cfg, env_name)
     if model is None:
         backbone = None
         if cfg.backbone:
             from kalm.llm.backbone import load_backbone
 
             backbone = load_backbone(cfg.backbone)
-        model, _ = load_rollout_model(cfg.model, backbone=backbone, spec=clevr_spec())
+        model, _ = load_rollout_model(cfg.model, backbone=backbone, spec=spec)
+    else:
+        from kalm.llm.saving import check_spec
+
+        check_spec({"spec": asdict(model.spec)}, spec, "the model")
     if cfg.clamp is not None:
         model.config.clamp_states = cfg.clamp
     builder = PromptBuilder(model.tokenizer)
-    env = CLEVRRobotEnv(init_region=cfg.init_region)
+    env = make_env(definition, cfg.init_region)
+    episode_spec = definition.episode_spec(env_name)
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
     identity = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size")}
@@ -184,22 +204,23 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
                 skipped.extend(json.loads(skip_path.read_text()))
             bar.update(min(cfg.chunk_size, len(tasks) - c))
             continue
-        eps, skp = _run_chunk(cfg, model, builder, env, tasks[c : c + cfg.chunk_size], bar)
+        eps, skp = _run_chunk(cfg, model, builder, definition, env,
+                              tasks[c : c + cfg.chunk_size], bar)
         if eps:
-            write_episodes(EpisodeData.from_episodes(eps, _spec(), source="imagined"), path)
+            write_episodes(EpisodeData.from_episodes(eps, episode_spec, source="imagined"), path)
         skip_path.write_text(json.dumps(skp))
         episodes.extend(eps)
         skipped.extend(skp)
     bar.close()
     if cfg.filter_explanation:
-        _explanations(model, builder, episodes)
+        _explanations(model, builder, definition, episodes)
     stats = summarize(episodes, skipped, cfg)
     kept = [e for e in episodes if _keep(e, cfg)]
     if not kept:
         raise RuntimeError("every imagined rollout was filtered out or skipped")
     for e in kept:
         e.extras["level"] = str(e.extras["level"])
-    data = EpisodeData.from_episodes(kept, _spec(), source="imagined",
+    data = EpisodeData.from_episodes(kept, episode_spec, source="imagined",
                                      attrs={"model": cfg.model, "suite": cfg.suite_file or
                                             cfg.suite, "seed": cfg.seed,
                                             "per_goal": cfg.per_goal})
@@ -215,12 +236,6 @@ def _keep(e: Episode, cfg: ImagineConfig) -> bool:
             and (not cfg.filter_explanation or bool(e.extras["explanation_consistent"])))
 
 
-def _spec():
-    from kalm.data.collect import CLEVR_SPEC
-
-    return CLEVR_SPEC
-
-
 def summarize(episodes: list[Episode], skipped: list[dict[str, Any]],
               cfg: ImagineConfig) -> dict[str, Any]:
     by_level: dict[str, QualityReport] = {}
@@ -231,7 +246,9 @@ def summarize(episodes: list[Episode], skipped: list[dict[str, Any]],
                              e.length)
         errors = np.asarray(e.extras["state_errors"], dtype=np.float64)
         r.add(bool(e.extras["self_success"]), bool(e.extras["replay_success"]),
-              bool(e.extras["random_replay_success"]), check, errors[~np.isnan(errors)])
+              bool(e.extras["random_replay_success"]), check, errors[~np.isnan(errors)],
+              replayed=bool(e.extras.get("replayed", True)),
+              checked=bool(e.extras.get("realism_checked", True)))
     unrealistic = sum(not bool(e.extras["realistic"]) for e in episodes)
     inconsistent = sum(not bool(e.extras["explanation_consistent"]) for e in episodes)
     return {"levels": {k: v.to_json() for k, v in by_level.items()},

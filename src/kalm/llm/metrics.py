@@ -3,8 +3,9 @@
 - rollout objective, teacher-forced: action accuracy and next-state error;
 - dynamics objective: next-state MSE (normalised) and error in metres;
 - consequence objective: final-state error in metres;
-- explanation: greedy-decoded goal text judged correct when it names the right colours and
-  direction (read back with the language parser).
+- explanation: greedy-decoded goal text judged by the env's `explanation_correct` hook (CLEVR:
+  it names the right colours and direction, read back with the language parser); absent when
+  the env has no such hook.
 """
 
 from __future__ import annotations
@@ -94,13 +95,9 @@ def greedy_text(model: RolloutModel, builder: PromptBuilder, prompts, max_new_to
 
 def explanation_correct(goal: dict[str, Any], text: str) -> bool:
     """Does the text name the goal's colours and direction? (CLEVR relation/push goals)"""
-    from kalm.envs.clevr.language import parse_push, parse_relation
+    from kalm.envs.clevr.definition import explanation_correct as clevr_judge
 
-    if goal["kind"] == "relation":
-        return parse_relation(text) == (goal["object"], goal["reference"], goal["direction"])
-    if goal["kind"] == "push":
-        return parse_push(text) == (goal["object"], goal["direction"])
-    return False
+    return clevr_judge(text, goal)
 
 
 @torch.no_grad()
@@ -133,15 +130,19 @@ def grounding_metrics(model: RolloutModel, builder: PromptBuilder, data: Episode
         "dynamics": _summary(dsq, dab),
         "consequence": _summary(csq, cab),
     }
+    from kalm.envs.registry import find_env
+
+    definition = find_env(data.spec.env)
+    judge = definition.explanation_correct if definition is not None else None
     m = min(explain_episodes, n)
-    if m and data.spec.env == "clevr":
+    if m and judge is not None:
         correct = 0
         samples = []
         for chunk in _batches(list(range(m)), 16):
             prompts = [builder.explanation_prompt(eps[i].observations, eps[i].actions)
                        for i in chunk]
             for i, text in zip(chunk, greedy_text(model, builder, prompts), strict=True):
-                ok = explanation_correct(eps[i].goal, text)
+                ok = bool(judge(text, eps[i].goal))
                 correct += ok
                 if len(samples) < 10:
                     samples.append({"goal": eps[i].goal, "generated": text, "correct": ok})

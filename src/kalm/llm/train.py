@@ -60,7 +60,7 @@ class GroundConfig:
     objectives: dict[str, float] = field(
         default_factory=lambda: {o: 1.0 for o in OBJECTIVES})
     loss_weights: LossWeights = field(default_factory=LossWeights)
-    paraphrase_suite: str = "train"  # built-in suite whose paraphrases instructions draw from
+    paraphrase_suite: str = "train"  # the env's built-in suite instructions draw paraphrases from
     val_fraction: float = 0.1
     eval_every: int = 100
     eval_episodes: int = 64
@@ -85,18 +85,29 @@ class GroundConfig:
 
 
 def clevr_spec() -> RolloutSpec:
-    from kalm.envs.clevr.constants import TABLE_HIGH, TABLE_LOW
+    from kalm.envs.registry import get_env
 
-    low = tuple(float(v) for _ in range(5) for v in TABLE_LOW)
-    high = tuple(float(v) for _ in range(5) for v in TABLE_HIGH)
-    return RolloutSpec("clevr", 10, "discrete", 40, low, high)
+    return get_env("clevr").rollout_spec("clevr")
 
 
 def spec_for(data: EpisodeData) -> RolloutSpec:
-    if data.spec.env == "clevr":
-        return clevr_spec()
-    return RolloutSpec(data.spec.env, data.spec.obs_dim, data.spec.action_type,
-                       data.spec.action_dim)
+    """The rollout spec (with the env's state bounds) for the env the data names.
+
+    Data from an env kalm cannot load (a plain unknown name) gets a spec without bounds.
+    """
+    from kalm.envs.registry import find_env
+
+    definition = find_env(data.spec.env)
+    if definition is None:
+        return RolloutSpec(data.spec.env, data.spec.obs_dim, data.spec.action_type,
+                           data.spec.action_dim)
+    spec = definition.rollout_spec(data.spec.env)
+    own = (spec.obs_dim, spec.action_type, spec.action_dim)
+    found = (data.spec.obs_dim, data.spec.action_type, data.spec.action_dim)
+    if own != found:
+        raise ValueError(f"the data says env {data.spec.env!r} with (obs_dim, action_type, "
+                         f"action_dim) = {found}, but that env defines {own}")
+    return spec
 
 
 def split_episodes(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,11 +209,17 @@ class Grounder:
                       "seed": cfg.seed}})
 
     def _paraphrases(self) -> Paraphrases:
-        if self.spec.env != "clevr" or not self.cfg.paraphrase_suite:
+        """Paraphrases from the env's built-in suite `paraphrase_suite`, when it has one."""
+        from kalm.envs.registry import find_env
+
+        definition = find_env(self.spec.env)
+        level = self.cfg.paraphrase_suite
+        if definition is None or not level or not definition.levels or (
+                level == "train" and definition.suite_path(level) is None):  # default, absent
             return Paraphrases()
         from kalm.data.suites import load_builtin_suite
 
-        return Paraphrases.from_suite(load_builtin_suite(self.cfg.paraphrase_suite))
+        return Paraphrases.from_suite(load_builtin_suite(level, self.spec.env))
 
     def collator(self, data: EpisodeData) -> Collator:
         return Collator(data, self.builder, self.paraphrases, self.spec.action_type,

@@ -66,6 +66,9 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     real = read_episodes(cfg.real)
+    if real.spec.action_type != "discrete":
+        raise ValueError(f"kalm train supports discrete actions only; env {real.spec.env!r} "
+                         "has continuous actions")
     imagined = load_data(cfg.imagined)
     if imagined is not None and imagined.spec != real.spec:
         raise ValueError(f"imagined data is for {imagined.spec}, real data for {real.spec}")
@@ -89,6 +92,8 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
             sampler.rng.bit_generator.state = state["rng"]
     (out / "train_config.json").write_text(json.dumps(
         {**asdict(cfg), "text_encoder_name": encoder.name, "obs_dim": real_t.observations.shape[1],
+         "env": real.spec.env, "env_obs_dim": real.spec.obs_dim,
+         "action_dim": real.spec.action_dim,
          "real_transitions": len(real_t),
          "imagined_transitions": 0 if imag_t is None else len(imag_t)}, indent=2))
     log_path = out / "logs" / "train.jsonl"
@@ -132,8 +137,21 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     return summary
 
 
+def policy_env(path: str | Path) -> str | None:
+    """The env string a saved policy was trained for (None for policies saved before it was
+    recorded)."""
+    p = Path(path)
+    cfg_file = (p if p.is_dir() else p.parent) / "train_config.json"
+    if not cfg_file.is_file():
+        return None
+    return json.loads(cfg_file.read_text()).get("env")
+
+
 class TrainedPolicy:
-    """A saved d3rlpy policy behind kalm's Policy interface (state ++ goal-text embedding)."""
+    """A saved d3rlpy policy behind kalm's Policy interface (state ++ goal-text embedding).
+
+    Acts in any env with discrete actions whose observation size matches the training data.
+    """
 
     name = "trained"
 
@@ -143,8 +161,11 @@ class TrainedPolicy:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no trained policy (expected {POLICY_FILE})")
         cfg_file = file.parent / "train_config.json"
-        if text_encoder is None and cfg_file.is_file():
-            text_encoder = json.loads(cfg_file.read_text()).get("text_encoder")
+        saved = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        if text_encoder is None:
+            text_encoder = saved.get("text_encoder")
+        self.env: str | None = saved.get("env")
+        self.obs_dim: int | None = saved.get("env_obs_dim")
         import d3rlpy
 
         self.algo = d3rlpy.load_learnable(str(file), device="cpu:0")
@@ -152,6 +173,17 @@ class TrainedPolicy:
         self._emb = np.zeros(self.encoder.dim, dtype=np.float32)
 
     def begin(self, env, goal, instruction: str) -> None:
+        if env is not None:
+            import gymnasium as gym
+
+            space = env.action_space
+            if not isinstance(space, gym.spaces.Discrete):
+                raise ValueError(f"{self.path}: trained policies act with discrete actions; "
+                                 f"this env's action space is {space}")
+            shape = env.observation_space.shape
+            if self.obs_dim is not None and shape and shape[0] != self.obs_dim:
+                raise ValueError(f"{self.path} was trained on {self.obs_dim}-d observations "
+                                 f"(env {self.env!r}); this env has {shape[0]}")
         self._emb = self.encoder.encode([instruction])[0]
 
     def act(self, obs: np.ndarray) -> int:
@@ -159,4 +191,4 @@ class TrainedPolicy:
         return int(self.algo.predict(x)[0])
 
 
-__all__ = ["TrainConfig", "TrainedPolicy", "Transitions", "train_policy"]
+__all__ = ["TrainConfig", "TrainedPolicy", "Transitions", "policy_env", "train_policy"]

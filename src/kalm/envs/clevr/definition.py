@@ -1,0 +1,68 @@
+"""CLEVR-Robot as an EnvDefinition: thin wrappers around the existing CLEVR functions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kalm.data.episodes import EnvSpecInfo
+from kalm.envs.clevr.constants import NUM_ACTIONS, NUM_BALLS, OBS_DIM, TABLE_HIGH, TABLE_LOW
+from kalm.envs.clevr.env import CLEVRRobotEnv
+from kalm.envs.clevr.goals import is_success, max_steps, validate_goal
+from kalm.envs.clevr.rewards import episode_rewards
+from kalm.envs.registry import EnvDefinition
+
+LEVELS = ("train", "rephrase", "easy", "hard")
+
+
+def _suite(level: str) -> Path:
+    return Path(str(resources.files("kalm.envs.clevr") / "suites" / f"{level}.jsonl"))
+
+
+def _expert(seed: int):
+    from kalm.data.rollout import ExpertAgent
+
+    return ExpertAgent()
+
+
+def _random(seed: int):
+    from kalm.data.rollout import RandomAgent
+
+    return RandomAgent(seed)
+
+
+def explanation_correct(text: str, goal: Mapping[str, Any]) -> bool:
+    """Does the text name the goal's colours and direction? (relation and push goals)"""
+    from kalm.envs.clevr.language import parse_push, parse_relation
+
+    if goal["kind"] == "relation":
+        return parse_relation(text) == (goal["object"], goal["reference"], goal["direction"])
+    if goal["kind"] == "push":
+        return parse_push(text) == (goal["object"], goal["direction"])
+    return False
+
+
+def _set_state(env: CLEVRRobotEnv, obs: np.ndarray) -> None:
+    env.unwrapped.set_ball_positions(np.asarray(obs, dtype=np.float64))
+
+
+CLEVR = EnvDefinition(
+    name="clevr",
+    spec=EnvSpecInfo(env="clevr", obs_dim=OBS_DIM, action_type="discrete",
+                     action_dim=NUM_ACTIONS),
+    state_low=tuple(float(v) for _ in range(NUM_BALLS) for v in TABLE_LOW),
+    state_high=tuple(float(v) for _ in range(NUM_BALLS) for v in TABLE_HIGH),
+    make=CLEVRRobotEnv,
+    validate_goal=validate_goal,
+    is_success=is_success,
+    max_steps=max_steps,
+    episode_rewards=episode_rewards,
+    suites={level: _suite(level) for level in LEVELS},
+    policies={"expert": _expert, "random": _random},
+    explanation_correct=explanation_correct,
+    set_state=_set_state,
+)
