@@ -17,10 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/kalm collect --suite train --episodes 500 --seed 0 --out runs/demo/real.h5
-	$(BIN)/kalm evaluate --policy expert --suite all --episodes 50 --seed 0 --json runs/demo/expert.json
-	$(BIN)/kalm evaluate --policy random --suite all --episodes 50 --seed 0 --json runs/demo/random.json
-	$(BIN)/kalm render runs/demo/real.h5 --index 0 --index 1 --index 2 --out runs/demo/gifs
+	$(BIN)/kalm run --config configs/clevr-quick.yaml
 
 test: setup
 	$(BIN)/python -m pytest

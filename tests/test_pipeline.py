@@ -210,3 +210,23 @@ def test_run_is_killed_mid_grounding_and_resumes(tmp_path, tiny_backbone_dir):
         assert f"{stage}: up to date" in text
     for stage in ("train-bc-seed0", "evaluate-bc-seed0", "report"):
         assert f"{stage}: config or inputs changed" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_paper_config_runs_one_step_of_every_stage_on_a_slice(tmp_path):
+    """The paper-scale config with the default backbone, each stage for a step or two."""
+    out = tmp_path / "paper"
+    text = subprocess.run(
+        [sys.executable, "-m", "kalm.cli", "run", "--config",
+         str(ROOT / "configs" / "clevr-paper.yaml"), "--out", str(out), "--smoke"],
+        capture_output=True, text=True, check=True).stdout
+    smoke = Path(f"{out}-smoke")
+    stages = [p.name for p in smoke.iterdir() if (p / "stage.json").exists()]
+    assert {"collect", "ground", "imagine-hard", "train-cql-seed0", "evaluate-bc-seed0",
+            "report"} <= set(stages), text
+    assert all(_record(smoke, s)["done"] for s in stages)
+    meta = json.loads((smoke / "ground" / "kalm_model.json").read_text())
+    assert meta["train"]["steps_done"] == 1
+    assert meta["backbone"]["name"] == "smollm2-135m-instruct"
+    assert (smoke / "report" / "report.md").exists()

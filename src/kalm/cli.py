@@ -441,5 +441,76 @@ def check_suite(suite_file, env) -> None:
         click.echo(f"{level}: {len(sub)} instructions, {len(sub.groups())} goals")
 
 
+@main.command(context_settings={"ignore_unknown_options": False, "allow_extra_args": True})
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+              help="Run config YAML, e.g. configs/clevr-quick.yaml.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: runs/<name from the config>).")
+@click.option("--seeds", default=None,
+              help="RL seeds, overriding the config: --seeds 0 1 2 or --seeds 0,1,2.")
+@click.option("--dry-run", is_flag=True, help="Print the stages and whether each would run.")
+@click.option("--smoke", is_flag=True,
+              help="Run every stage for a step or two on a small slice (into OUT-smoke), e.g. to "
+                   "check a paper-scale config on a small machine.")
+@click.pass_context
+def run(ctx, config_file, out, seeds, dry_run, smoke) -> None:
+    """All stages, resumable: collect -> ground -> imagine -> train -> evaluate -> report.
+
+    Each stage writes OUT/<stage>/stage.json with its config, input hash, output checksums and
+    wall time. Rerunning skips finished stages whose inputs are unchanged and resumes an
+    interrupted one from its checkpoints; a stage whose config changed is moved aside (never
+    deleted) and rerun with everything after it.
+    """
+    from kalm.config import ConfigError
+    from kalm.pipeline import load_run_config, run_pipeline
+
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(x) for x in [*seeds.replace(",", " ").split(), *ctx.args]]
+        except ValueError:
+            _fail(ValueError(f"--seeds expects integers, got {[seeds, *ctx.args]}"))
+    elif ctx.args:
+        _fail(ValueError(f"unexpected arguments {ctx.args}"))
+    try:
+        cfg = load_run_config(config_file, out=out, seeds=seed_list)
+    except ConfigError as exc:
+        _fail(exc)
+    if smoke:
+        cfg = cfg.smoke()
+    if dry_run:
+        from kalm.pipeline import Runner, build_stages, read_record
+
+        runner = Runner(cfg.run_dir)
+        for stage in build_stages(cfg):
+            digest = runner.stage_hash(stage)
+            runner.hashes[stage.name] = digest
+            rec = read_record(cfg.run_dir / stage.name)
+            state = ("done" if rec and rec.get("done") and rec["hash"] == digest else
+                     "changed" if rec and rec["hash"] != digest else
+                     "interrupted" if rec else "to run")
+            click.echo(f"{stage.name:28s} {digest[:8]}  {state}")
+        return
+    try:
+        run_pipeline(cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Report folder (default: RUN_DIR/report).")
+def report(run_dir, out) -> None:
+    """Write RUN_DIR/report/report.md and report.html from the files of a `kalm run` folder."""
+    from kalm.eval.report import write_report
+
+    try:
+        md, html = write_report(run_dir, out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {md} and {html}")
+
+
 if __name__ == "__main__":
     main()

@@ -99,6 +99,26 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.name}")
 
+    def smoke(self) -> RunConfig:
+        """The same config on a small slice: every stage starts and runs a step or two.
+
+        Grounding keeps the full schedule and stops after one optimizer step, so a paper-scale
+        config is exercised as configured, only shorter."""
+        r = dataclasses.replace
+        return r(
+            self, name=f"{self.name}-smoke",
+            out=f"{self.out}-smoke" if self.out else None, seeds=self.seeds[:1],
+            collect=r(self.collect, episodes=min(self.collect.episodes, 40),
+                      workers=min(self.collect.workers, 2), chunk_size=20),
+            ground=r(self.ground, stop_at_step=1, eval_every=1, save_every=1, eval_episodes=2,
+                     metrics_episodes=2, explain_episodes=1),
+            imagine=r(self.imagine, levels={lv: 1 for lv in self.imagine.levels},
+                      max_steps=2),
+            rl=r(self.rl, steps={a: 2 for a in self.rl.steps}),
+            evaluate=r(self.evaluate, episodes=2, easy_episodes=2,
+                       workers=min(self.evaluate.workers, 2)),
+            report=r(self.report, gifs_per_level=1))
+
 
 def load_run_config(path: str | Path, out: str | None = None,
                     seeds: list[int] | None = None) -> RunConfig:

@@ -28,7 +28,7 @@ CLEVR_SPEC = EnvSpecInfo(env="clevr", obs_dim=10, action_type="discrete", action
 
 @dataclass(frozen=True)
 class CollectConfig:
-    out: str
+    out: str = ""  # the .h5 file to write
     env: str = "clevr"  # "clevr", "package.module:ATTR" or "path/to/file.py:ATTR"
     suite: str = "train"
     suite_file: str | None = None
