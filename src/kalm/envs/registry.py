@@ -14,6 +14,7 @@ import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,10 +119,18 @@ class EnvDefinition:
                            tuple(self.state_low), tuple(self.state_high))
 
     # ------------------------------------------------------------------ uniform calls
+    @cached_property
+    def _success_takes_action(self) -> bool:
+        return _takes(self.is_success, 4)
+
+    @cached_property
+    def _rewards_take_actions(self) -> bool:
+        return _takes(self.episode_rewards, 3)
+
     def success(self, goal: Mapping[str, Any], obs: Any, prev: Any = None,
                 action: Any = None) -> bool:
         """`is_success` with the (goal, obs, prev, action) signature the decoder uses."""
-        if _takes(self.is_success, 4):
+        if self._success_takes_action:
             return bool(self.is_success(goal, obs, prev, action))
         return bool(self.is_success(goal, obs))
 
@@ -130,7 +139,7 @@ class EnvDefinition:
         """Rewards (from `episode_rewards`) and terminals (success per step) of an episode."""
         obs = np.asarray(observations, dtype=np.float64)
         acts = np.asarray(actions)
-        out = (self.episode_rewards(goal, obs, acts) if _takes(self.episode_rewards, 3)
+        out = (self.episode_rewards(goal, obs, acts) if self._rewards_take_actions
                else self.episode_rewards(goal, obs))
         if isinstance(out, tuple):  # (rewards, terminals) is accepted too; terminals recomputed
             out = out[0]
