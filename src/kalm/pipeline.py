@@ -245,15 +245,15 @@ def _compare_config(cfg: RunConfig, algo: str, root: Path) -> CompareConfig:
         suite_file=cfg.suite_file, workers=cfg.evaluate.workers, eval_seed=cfg.evaluate.seed,
         imagined={lv: str(root / f"imagine-{lv}" / "imagined.h5")
                   for lv in cfg.imagine.levels},
-        imagined_ratio=cfg.rl.imagined_ratio)
+        imagined_ratio=cfg.rl.imagined_ratio, env=cfg.env)
 
 
-def write_level_suite(suite_file: str, level: str, out: Path) -> Path:
+def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
     """The entries of one level of a suite file, as a suite file of their own."""
     from kalm.data.suites import resolve_suite
     from kalm.io import write_text_atomic
 
-    entries = resolve_suite(None, suite_file).by_level(level).entries
+    entries = resolve_suite(None, suite_file, env=env).by_level(level).entries
     if not entries:
         raise ConfigError(f"suite_file {suite_file} has no goals of level {level!r}")
     lines = []
@@ -304,7 +304,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             im = cfg.imagine
             suite_file = None
             if cfg.suite_file:  # this level's goals only
-                suite_file = str(write_level_suite(cfg.suite_file, level, folder / "suite.jsonl"))
+                suite_file = str(write_level_suite(cfg.suite_file, level, folder / "suite.jsonl",
+                                                   cfg.env))
             imagine(ImagineConfig(
                 model=str(root / "ground"), out=str(out), suite=level, suite_file=suite_file,
                 per_goal=per_goal, batch_size=im.batch_size,

@@ -24,6 +24,12 @@ from kalm.rl.train import TrainConfig, TrainedPolicy, train_policy
 LEVEL_ORDER = ("train", "rephrase", "easy", "hard")
 
 
+def ordered_levels(levels) -> list[str]:
+    """CLEVR's levels in the paper's order first, any other env's levels after, sorted."""
+    present = set(levels)
+    return [lv for lv in LEVEL_ORDER if lv in present] + sorted(present - set(LEVEL_ORDER))
+
+
 @dataclass
 class CompareConfig:
     real: str = ""
@@ -39,12 +45,13 @@ class CompareConfig:
     workers: int = 2
     eval_seed: int = 1000
     imagined_ratio: float = 0.5  # share of each KALM batch drawn from imagined data
+    env: str = "clevr"  # kalm.envs.registry name of the env the policies are evaluated in
 
 
 def _suite(cfg: CompareConfig, level: str):
     if cfg.suite_file:
-        return resolve_suite(None, cfg.suite_file).by_level(level)
-    return load_builtin_suite(level)
+        return resolve_suite(None, cfg.suite_file, env=cfg.env).by_level(level)
+    return load_builtin_suite(level, env=cfg.env)
 
 
 def policy_runs(cfg: CompareConfig, seed: int) -> list[tuple[str, str | None]]:
@@ -76,7 +83,8 @@ def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> di
 
     n = cfg.easy_episodes if level == "easy" else cfg.episodes
     res = evaluate_policy(functools.partial(TrainedPolicy, str(policy_dir)), _suite(cfg, level),
-                          n, seed=cfg.eval_seed, workers=cfg.workers, name=str(policy_dir))
+                          n, seed=cfg.eval_seed, workers=cfg.workers, name=str(policy_dir),
+                          env=cfg.env)
     result = res.to_json()["levels"][level]
     write_json(result, out)
     return result
@@ -135,7 +143,7 @@ def _fmt(values: list[float]) -> str:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     res = summary["success"]
-    levels = [lv for lv in LEVEL_ORDER if lv in res["baseline"] or lv in res["kalm"]]
+    levels = ordered_levels([*res["baseline"], *res["kalm"]])
     lines = [f"Success rate (%) of {summary['algo'].upper()}, mean ± std over seeds "
              f"{summary['seeds']}, {summary['steps']} training steps; episodes per level and "
              f"seed: {summary['episodes_per_level_and_seed']}.", "",
@@ -153,7 +161,7 @@ def bar_plot(summary: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     res = summary["success"]
-    levels = [lv for lv in LEVEL_ORDER if lv in res["baseline"] or lv in res["kalm"]]
+    levels = ordered_levels([*res["baseline"], *res["kalm"]])
     x = np.arange(len(levels))
     fig, ax = plt.subplots(figsize=(1.8 * len(levels) + 2, 3.2))
     for k, (key, label) in enumerate((("baseline", "real only"), ("kalm", "KALM"))):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kalm.eval.compare import LEVEL_ORDER, bar_plot, policy_runs, summarize
+from kalm.eval.compare import bar_plot, ordered_levels, policy_runs, summarize
 from kalm.io import write_text_atomic
 
 HTML_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
@@ -82,9 +82,8 @@ def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
 
 def success_table(summaries: dict[str, dict[str, Any]]) -> str:
     algos = list(summaries)
-    levels = [lv for lv in LEVEL_ORDER
-              if any(lv in s["success"]["baseline"] or lv in s["success"]["kalm"]
-                     for s in summaries.values())]
+    levels = ordered_levels([lv for s in summaries.values()
+                             for lv in [*s["success"]["baseline"], *s["success"]["kalm"]]])
     head = "| level | episodes / seed | " + " | ".join(
         f"{a.upper()} real only | {a.upper()} KALM" for a in algos) + " |"
     lines = [head, "|---|---|" + "---|---|" * len(algos)]
