@@ -261,3 +261,18 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     assert ev["episodes"] == 4
     report = (out / "report" / "report.md").read_text()
     assert "| unseen | 4 |" in report
+
+
+def test_every_subcommand_is_documented():
+    from click.testing import CliRunner
+
+    from kalm.cli import main
+
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0
+    for name, cmd in main.commands.items():
+        assert name in top.output
+        res = runner.invoke(main, [name, "--help"])
+        assert res.exit_code == 0, name
+        assert cmd.help and len(cmd.help.split()) >= 5, f"{name} has no real help text"

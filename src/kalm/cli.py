@@ -18,7 +18,8 @@ def main() -> None:
     """kalm: knowledgeable agents from LLM-imagined rollouts (KALM, NeurIPS 2024).
 
     Stages: collect real episodes -> ground an LLM -> imagine rollouts -> offline RL ->
-    evaluate in the real simulator. Run `kalm COMMAND --help` for each.
+    evaluate in the real simulator; `kalm run --config configs/clevr-quick.yaml` chains them
+    all (resumable) and ends with `kalm report`. Run `kalm COMMAND --help` for each.
     """
 
 
