@@ -42,7 +42,7 @@ def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
 
 
 def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int,
-             batch: int = 8) -> dict:
+             batch: int = 8, attn: str = "sdpa") -> dict:
     import torch
 
     from kalm.llm.losses import grounding_losses
@@ -53,6 +53,7 @@ def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int,
     cfg = GroundConfig(data=data, out="", adapter=AdapterConfig(mode=mode), batch_size=batch,
                        bf16=bf16, paraphrase_suite="train")
     g = Grounder(cfg)
+    g.backbone.model.set_attn_implementation(attn)  # transformers' attention kernel
     model = g.model.train()
     if precision == "bf16w":
         for p in model.body.parameters():
@@ -85,7 +86,7 @@ def run_mode(mode: str, precision: str, data: str, steps: int, warmup: int,
     flops_per_token = (6 if mode == "full" else 4) * n_body
     achieved = flops_per_token * tok / secs / 1e9
     peak = matmul_peak("bf16" if bf16 else "fp32")
-    return {"mode": mode, "precision": precision, "steps_per_s": len(times) / secs,
+    return {"mode": mode, "precision": precision, "attn": attn, "steps_per_s": len(times) / secs,
             "s_per_step": secs / len(times), "tokens_per_s": tok / secs,
             "mean_seq_len": tok / (batch * len(times)), "batch": batch, "trainable_params": n_train,
             "achieved_gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak,
@@ -110,33 +111,36 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[8],
                     help="batch sizes (the issue's figure is batch 8)")
     ap.add_argument("--modes", nargs="+", default=[f"{m}-{p}" for m, p in MODES])
+    ap.add_argument("--attn", nargs="+", default=["sdpa"],
+                    help="attention implementations to compare (sdpa, eager)")
     ap.add_argument("--one", nargs=2, metavar=("MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_mode(*args.one, args.data, args.steps, args.warmup,
-                                  args.batch[0])))
+                                  args.batch[0], args.attn[0])))
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = ensure_data(args.data, tmp)
         rows = []
-        for batch in args.batch:
-            for name in args.modes:  # one process per mode: clean peak-memory figures
-                mode, prec = name.split("-")
-                out = subprocess.run(
-                    [sys.executable, __file__, "--one", mode, prec, "--data", data, "--steps",
-                     str(args.steps), "--warmup", str(args.warmup), "--batch", str(batch)],
-                    check=True, capture_output=True, text=True).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
+        runs = [(b, n, a) for b in args.batch for n in args.modes for a in args.attn]
+        for batch, name, attn in runs:  # one process per row: clean peak-memory figures
+            mode, prec = name.split("-")
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", mode, prec, "--data", data, "--steps",
+                 str(args.steps), "--warmup", str(args.warmup), "--batch", str(batch),
+                 "--attn", attn], check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
-    print("| batch | mode | precision | s/step | steps/s | tokens/s | mean seq len | "
+    print("| batch | mode | precision | attention | s/step | steps/s | tokens/s | mean seq len | "
           "trainable params | achieved GFLOP/s | matmul peak GFLOP/s | fraction of peak | "
           "peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['mode']} | {r['precision']} | {r['s_per_step']:.2f} | "
+        print(f"| {r['batch']} | {r['mode']} | {r['precision']} | {r['attn']} | "
+              f"{r['s_per_step']:.2f} | "
               f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['mean_seq_len']:.0f} | "
               f"{r['trainable_params'] / 1e6:.2f} M | {r['achieved_gflops']:.0f} | "
               f"{r['peak_gflops']:.0f} | {100 * r['fraction_of_peak']:.0f}% | "

@@ -302,3 +302,31 @@ def test_export_checkpoint_and_stop_at_step(tmp_path, tokenizer):
         torch.testing.assert_close(a[k], b[k])
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         export_checkpoint(tmp_path / "g", 99, tmp_path / "x", backbone=fresh(tokenizer))
+
+
+def test_eager_and_sdpa_attention_give_the_same_losses(tmp_path, tokenizer, builder):
+    """bf16 training on CPU switches to eager attention: it must compute the same thing."""
+    from kalm.llm.saving import AdapterConfig, build_rollout_model
+    from kalm.llm.train import training_attention
+
+    assert training_attention(GroundConfig(bf16=True)) == "eager"
+    assert training_attention(GroundConfig(bf16=False)) is None
+    assert training_attention(GroundConfig(attn_implementation="sdpa")) == "sdpa"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        training_attention(GroundConfig(attn_implementation="fast"))
+
+    data = episodes(3, seed=2)
+    col = Collator(data, builder, Paraphrases(), "discrete", 40)
+    batch = col(list(GroundingSamples(3, 6, 1, {o: 1 for o in
+                                                ("rollout", "dynamics", "consequence")}, 0)))
+    assert int(batch["attention_mask"].eq(0).sum()) > 0  # padding is present
+    bb = fresh(tokenizer)
+    torch.manual_seed(0)
+    model = build_rollout_model(bb, SPEC, ModelConfig(), AdapterConfig(mode="full"))
+    losses = {}
+    for impl in ("sdpa", "eager"):
+        bb.model.set_attn_implementation(impl)
+        with torch.no_grad():
+            losses[impl] = {k: float(v) for k, v in grounding_losses(model, batch).items()}
+    for k, v in losses["sdpa"].items():
+        assert losses["eager"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), k

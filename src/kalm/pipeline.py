@@ -265,9 +265,15 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
     return write_text_atomic(out, "\n".join(lines) + "\n")
 
 
+# Fields added after run folders existed, hashed only when set to something else, so that
+# adding an option does not make every finished stage look changed.
+LATER_FIELDS = {"attn_implementation": "auto"}
+
+
 def _hashed(d: dict[str, Any]) -> dict[str, Any]:
     """A stage config without the settings that change speed, not results."""
-    return {k: v for k, v in d.items() if k not in ("workers",)}
+    return {k: v for k, v in d.items()
+            if k not in ("workers",) and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
 
 
 def build_stages(cfg: RunConfig) -> list[Stage]:
@@ -293,7 +299,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         return [folder / "weights.safetensors", folder / "kalm_model.json",
                 folder / "grounding_metrics.json"]
 
-    stages.append(Stage("ground", to_dict(cfg.ground), ["collect"], run_ground))
+    stages.append(Stage("ground", _hashed(to_dict(cfg.ground)), ["collect"], run_ground))
 
     for level, per_goal in cfg.imagine.levels.items():
         def run_imagine(folder: Path, level: str = level, per_goal: int = per_goal
