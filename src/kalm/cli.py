@@ -480,17 +480,13 @@ def run(ctx, config_file, out, seeds, dry_run, smoke) -> None:
     if smoke:
         cfg = cfg.smoke()
     if dry_run:
-        from kalm.pipeline import Runner, build_stages, read_record
+        from kalm.pipeline import Runner, build_stages
 
         runner = Runner(cfg.run_dir)
         for stage in build_stages(cfg):
-            digest = runner.stage_hash(stage)
-            runner.hashes[stage.name] = digest
-            rec = read_record(cfg.run_dir / stage.name)
-            state = ("done" if rec and rec.get("done") and rec["hash"] == digest else
-                     "changed" if rec and rec["hash"] != digest else
-                     "interrupted" if rec else "to run")
-            click.echo(f"{stage.name:28s} {digest[:8]}  {state}")
+            state, _ = runner.state(stage)
+            runner.hashes[stage.name] = runner.stage_hash(stage)
+            click.echo(f"{stage.name:28s} {runner.hashes[stage.name][:8]}  {state}")
         return
     try:
         run_pipeline(cfg)

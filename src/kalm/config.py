@@ -85,14 +85,22 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; errors name the file."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
 def load_yaml(cls: type[C], path: str | Path, section: str | None = None,
               overrides: dict[str, Any] | None = None) -> C:
     """Load `cls` from a YAML file (optionally one top-level section), then apply overrides."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
+    raw = read_yaml_mapping(path)
     if section is not None:
         raw = raw.get(section, {}) or {}
     if not isinstance(raw, dict):

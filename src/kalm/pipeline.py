@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kalm.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
+from kalm.config import ConfigError, dump_yaml, from_dict, load_yaml, read_yaml_mapping, to_dict
 from kalm.data.collect import CollectConfig
 from kalm.eval.compare import CompareConfig
 from kalm.io import write_json
@@ -123,14 +123,7 @@ class RunConfig:
 def load_run_config(path: str | Path, out: str | None = None,
                     seeds: list[int] | None = None) -> RunConfig:
     """The YAML config with the command line's --out/--seeds applied; errors name the key."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path)
     env = raw.get("env", "clevr")
     if isinstance(raw.get("collect", {}), dict):
         raw["collect"] = {"env": env, **(raw.get("collect") or {})}
@@ -194,19 +187,30 @@ class Runner:
         return _digest({"stage": stage.name, "config": stage.config,
                         "inputs": {n: self.hashes[n] for n in stage.inputs}})
 
+    def state(self, stage: Stage) -> tuple[str, dict[str, Any] | None]:
+        """What a run would do with the stage, and its record: `done` (outputs match, skip),
+        `changed` (other hash: supersede), `interrupted` (resume) or `to run`."""
+        record = read_record(self.root / stage.name)
+        if record is None:
+            return "to run", None
+        if record.get("hash") != self.stage_hash(stage):
+            return "changed", record
+        if record.get("done") and _outputs_match(self.root / stage.name, record["outputs"]):
+            return "done", record
+        return "interrupted", record
+
     def run(self, stage: Stage) -> dict[str, Any]:
         folder = self.root / stage.name
         digest = self.stage_hash(stage)
-        record = read_record(folder)
-        if record is not None and record.get("hash") != digest:
+        state, record = self.state(stage)
+        if state == "changed":
             old = folder.with_name(f"{folder.name}.superseded-{record.get('hash', 'x')[:8]}")
             shutil.rmtree(old, ignore_errors=True)
             folder.rename(old)
             self.log(f"[kalm run] {stage.name}: config or inputs changed; old outputs moved to "
                      f"{old.name}")
             record = None
-        if record is not None and record.get("done") and _outputs_match(folder,
-                                                                         record["outputs"]):
+        if state == "done":
             self.log(f"[kalm run] {stage.name}: up to date (hash {digest[:8]}), skipped")
             self.hashes[stage.name] = digest
             return record
@@ -237,7 +241,7 @@ class Runner:
 
 # ----------------------------------------------------------------------------- the stages
 
-def _compare_config(cfg: RunConfig, algo: str, root: Path) -> CompareConfig:
+def compare_config(cfg: RunConfig, algo: str, root: Path) -> CompareConfig:
     return CompareConfig(
         real=str(root / "collect" / "real.h5"), out="", algo=algo, seeds=list(cfg.seeds),
         steps=cfg.rl.steps[algo], episodes=cfg.evaluate.episodes,
@@ -331,7 +335,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 from kalm.eval.compare import train_seed
 
                 return [p / "policy.d3" for p in
-                        train_seed(_compare_config(cfg, algo, root), folder, seed)]
+                        train_seed(compare_config(cfg, algo, root), folder, seed)]
 
             stages.append(Stage(f"train-{algo}-seed{seed}",
                                 {"algo": algo, "seed": seed, **to_dict(cfg.rl),
@@ -341,7 +345,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             def run_eval(folder: Path, algo: str = algo, seed: int = seed) -> list[Path]:
                 from kalm.eval.compare import evaluate_seed
 
-                cc = _compare_config(cfg, algo, root)
+                cc = compare_config(cfg, algo, root)
                 evaluate_seed(cc, root / f"train-{algo}-seed{seed}", folder, seed)
                 return sorted(folder.glob("*/eval-*.json"))
 

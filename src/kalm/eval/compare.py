@@ -90,16 +90,22 @@ def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> di
     return result
 
 
+def evaluations(cfg: CompareConfig, seed: int) -> list[tuple[str, str, str]]:
+    """(method, policy folder, level) of every evaluation of a seed: the baseline on every
+    level, each KALM policy on the level of its imagined data."""
+    return [("baseline" if level is None else "kalm", name, lv)
+            for name, level in policy_runs(cfg, seed)
+            for lv in (cfg.levels if level is None else [level])]
+
+
 def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
                   ) -> dict[str, dict[str, dict[str, Any]]]:
     """Evaluate one seed's policies: the baseline on every level, each KALM policy on its level.
 
     Results go to OUT/<policy>/eval-<level>.json; existing ones are reused (resume)."""
     results: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "kalm": {}}
-    for name, level in policy_runs(cfg, seed):
-        for lv in (cfg.levels if level is None else [level]):
-            r = _evaluate(cfg, policies / name, lv, out / name / f"eval-{lv}.json")
-            results["baseline" if level is None else "kalm"][lv] = r
+    for method, name, lv in evaluations(cfg, seed):
+        results[method][lv] = _evaluate(cfg, policies / name, lv, out / name / f"eval-{lv}.json")
     return results
 
 
@@ -135,7 +141,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     return summary
 
 
-def _fmt(values: list[float]) -> str:
+def fmt_rate(values: list[float]) -> str:
     if not values:
         return "-"
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
@@ -149,8 +155,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
              f"seed: {summary['episodes_per_level_and_seed']}.", "",
              "| level | real only | KALM (real + imagined) |", "|---|---|---|"]
     for lv in levels:
-        lines.append(f"| {lv} | {_fmt(res['baseline'].get(lv, []))} | "
-                     f"{_fmt(res['kalm'].get(lv, []))} |")
+        lines.append(f"| {lv} | {fmt_rate(res['baseline'].get(lv, []))} | "
+                     f"{fmt_rate(res['kalm'].get(lv, []))} |")
     return "\n".join(lines) + "\n"
 
 

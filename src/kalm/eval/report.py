@@ -16,18 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from kalm.eval.compare import bar_plot, ordered_levels, policy_runs, summarize
+from kalm.eval.compare import bar_plot, evaluations, fmt_rate, ordered_levels, summarize
 from kalm.io import write_text_atomic
 
 HTML_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}
 th{background:#eee}img{max-width:100%}code{background:#f4f4f4}"""
-
-
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
 
 def _records(root: Path) -> list[dict[str, Any]]:
@@ -58,21 +52,19 @@ def stage_table(root: Path, order: list[str]) -> str:
 
 def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
     """Per algorithm: the compare-style summary over the seeds evaluated so far."""
-    from kalm.pipeline import _compare_config
+    from kalm.pipeline import compare_config
 
     out = {}
     for algo in cfg.rl.algos:
-        cc = _compare_config(cfg, algo, root)
+        cc = compare_config(cfg, algo, root)
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
         for seed in cfg.seeds:
             folder = root / f"evaluate-{algo}-seed{seed}"
             res: dict[str, dict[str, Any]] = {"baseline": {}, "kalm": {}}
-            for name, level in policy_runs(cc, seed):
-                for lv in (cfg.evaluate.levels if level is None else [level]):
-                    path = folder / name / f"eval-{lv}.json"
-                    if path.exists():
-                        res["baseline" if level is None else "kalm"][lv] = json.loads(
-                            path.read_text())
+            for method, name, lv in evaluations(cc, seed):
+                path = folder / name / f"eval-{lv}.json"
+                if path.exists():
+                    res[method][lv] = json.loads(path.read_text())
             if res["baseline"] or res["kalm"]:
                 per_seed[seed] = res
         if per_seed:
@@ -93,7 +85,7 @@ def success_table(summaries: dict[str, dict[str, Any]]) -> str:
         cells = []
         for a in algos:
             res = summaries[a]["success"]
-            cells += [_fmt(res["baseline"].get(lv, [])), _fmt(res["kalm"].get(lv, []))]
+            cells += [fmt_rate(res["baseline"].get(lv, [])), fmt_rate(res["kalm"].get(lv, []))]
         lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
