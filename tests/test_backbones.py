@@ -16,6 +16,7 @@ from kalm.llm.train import clevr_spec
 GOAL = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
 
 
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return tiny_backbone().tokenizer

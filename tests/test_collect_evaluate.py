@@ -1,7 +1,9 @@
 """Collection (determinism, resume, rewards) and evaluation of built-in policies via the CLI."""
 
 import json
+from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -10,7 +12,8 @@ import kalm.data.collect as collect_mod
 from kalm.cli import main
 from kalm.data.collect import CollectConfig, collect
 from kalm.data.episodes import read_episodes
-from kalm.data.suites import load_suite
+from kalm.data.suites import GoalSuite, SuiteEntry, load_suite
+from kalm.envs.base import EnvDefinition, EnvSpecInfo
 from kalm.envs.clevr.rewards import episode_rewards
 from kalm.eval.evaluate import evaluate_policy
 
@@ -100,9 +103,9 @@ def test_expert_beats_random_on_a_small_suite(suite_file):
     assert rand.levels["train"].success_rate < expert.levels["train"].success_rate
     j = expert.to_json()
     assert set(j["levels"]) == {"train", "easy"}
-    lo, hi = j["levels"]["train"]["ci95"]
-    assert 0 <= lo <= j["levels"]["train"]["success_rate"] <= hi <= 1
-    assert j["levels"]["easy"]["episodes"] == 10
+    easy = j["levels"]["easy"]  # 10 of 10: Wilson's 95% interval by hand is [0.7225, 1]
+    assert (easy["successes"], easy["episodes"]) == (10, 10)
+    assert easy["ci95"] == pytest.approx([0.72246, 1.0], abs=1e-5)
 
 
 def test_cli_collect_evaluate_render(tmp_path, suite_file):
@@ -138,3 +141,103 @@ def test_builtin_suites_load():
 
     r = CliRunner().invoke(main, ["check-suite", str(builtin_suite_path("hard"))])
     assert r.exit_code == 0 and "hard:" in r.output
+
+
+# ------------------------------------------------------------------ the env's success signal
+class SignalEnv(gym.Env):
+    """obs = [steps taken]; goal {"k", "mode"}. mode "info": success is reported in
+    info["is_success"] at step k only, and the episode never terminates (Meta-World style);
+    mode "fail": the episode terminates at step k without success. Truncates after 6 steps."""
+
+    LIMIT = 6
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0.0, 10.0, shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.goal: dict = {}
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.goal, self.t = dict(options["goal"]), 0
+        return np.zeros(1, np.float32), {"is_success": False, "goal": self.goal}
+
+    def step(self, action):
+        self.t += 1
+        success = self.goal["mode"] == "info" and self.t == self.goal["k"]
+        terminated = self.goal["mode"] == "fail" and self.t == self.goal["k"]
+        truncated = not terminated and self.t >= self.LIMIT
+        return (np.full(1, self.t, np.float32), 0.0, terminated, truncated,
+                {"is_success": success})
+
+
+class Constant:
+    """Action 0 always; with a batched form, so both evaluation paths run."""
+
+    def begin(self, env, goal, instruction):
+        pass
+
+    def act(self, obs):
+        return 0
+
+    def act_batch(self, obs, goals, instructions):
+        return np.zeros(len(obs), np.int64)
+
+
+SIGNAL = EnvDefinition(
+    name="signal", spec=EnvSpecInfo("signal", 1, "discrete", 2), state_low=[0.0],
+    state_high=[10.0], make=SignalEnv, validate_goal=dict,
+    is_success=lambda goal, obs: goal["mode"] == "info" and int(obs[0]) == goal["k"],
+    max_steps=lambda goal: SignalEnv.LIMIT,
+    episode_rewards=lambda goal, obs: np.zeros(len(obs) - 1, np.float32),
+    policies={"constant": lambda seed: Constant()})
+
+
+def test_success_is_the_envs_signal_not_termination(tmp_path):
+    from kalm.data.episodes import EnvSpecInfo as Spec
+    from kalm.data.episodes import EpisodeData, write_episodes
+    from kalm.data.rollout import run_episode
+
+    env = SignalEnv()
+    late = run_episode(env, Constant(), {"k": 2, "mode": "info"}, "go", seed=0)
+    assert late.length == 6 and not late.terminals.any()  # never terminates: a timeout for RL
+    assert late.successes.tolist() == [False, True, False, False, False, False]
+    assert late.success
+    failed = run_episode(env, Constant(), {"k": 3, "mode": "fail"}, "go", seed=0)
+    assert failed.terminals.tolist() == [False, False, True] and not failed.successes.any()
+    assert not failed.success
+    back = read_episodes(write_episodes(
+        EpisodeData.from_episodes([late, failed], Spec("signal", 1, "discrete", 2)),
+        tmp_path / "s.h5"))
+    assert [e.success for e in back.episodes()] == [True, False]
+
+    entries = [SuiteEntry("info at 2", "late", {"k": 2, "mode": "info"}),
+               SuiteEntry("info at 9", "late", {"k": 9, "mode": "info"}),  # after the limit
+               SuiteEntry("fail at 3", "ends", {"k": 3, "mode": "fail"})]
+    suite = GoalSuite(entries)
+    for k in (1, 3):  # one episode at a time, and batched across envs
+        res = evaluate_policy("constant", suite, episodes=4, progress=False,
+                              env=f"{Path(__file__)}:SIGNAL", vector_envs=k).to_json()
+        late_level, ends = res["levels"]["late"], res["levels"]["ends"]
+        assert (late_level["successes"], late_level["episodes"]) == (2, 4)
+        assert late_level["ci95"] == pytest.approx([0.15004, 0.84996], abs=1e-5)  # by hand
+        assert late_level["mean_length"] == 6.0
+        assert (ends["successes"], ends["episodes"], ends["mean_length"]) == (0, 4, 3.0)
+
+
+def test_claim_folder_reuses_matching_work_and_clears_or_moves_the_rest(tmp_path):
+    from kalm.io import claim_folder, read_manifest
+
+    folder = tmp_path / "work"
+    assert claim_folder(folder, {"steps": 10}) is False  # new: made, with its manifest
+    (folder / "result.txt").write_text("10 steps")
+    assert claim_folder(folder, {"steps": 10}) is True  # same identity: reuse / resume
+    assert (folder / "result.txt").read_text() == "10 steps"
+    assert claim_folder(folder, {"steps": 20}) is False  # another identity: removed
+    assert read_manifest(folder) == {"steps": 20} and not (folder / "result.txt").exists()
+    (folder / "result.txt").write_text("20 steps")
+    assert claim_folder(folder, {"steps": 30}, stale="move") is False  # ... or moved aside
+    moved = list(tmp_path.glob("work.superseded-*"))
+    assert len(moved) == 1 and (moved[0] / "result.txt").read_text() == "20 steps"
+    assert read_manifest(moved[0]) == {"steps": 20}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["work", moved[0].name])

@@ -119,3 +119,45 @@ def test_continuous_actions(tmp_path):
                 np.zeros(2, np.float32), np.array([False, True]), "go", {"kind": "x"})
     back = read_episodes(write_episodes(EpisodeData.from_episodes([e], spec), tmp_path / "c.h5"))
     assert back.actions.shape == (1, 2, 2) and back.spec == spec
+
+
+def test_successes_round_trip_and_default_to_terminals(tmp_path):
+    # success reported in info at step 1 of 3 but no termination (Meta-World style)
+    e = episode(3, success=False, seed=4)
+    e.successes = np.array([False, True, False])
+    plain = episode(2, success=True, seed=5)  # no success signal recorded: the terminals
+    assert e.success and not e.terminals.any() and plain.success
+    d = EpisodeData.from_episodes([e, plain], SPEC)
+    back = read_episodes(write_episodes(d, tmp_path / "s.h5"))
+    assert back.successes.tolist() == [[False, True, False], [False, True, False]]
+    assert [x.success for x in back.episodes()] == [True, True]
+    assert back.episode(0).terminals.tolist() == [False, False, False]  # RL's terminals intact
+    assert back.subset([1]).episode(0).successes.tolist() == [False, True]
+    old = read_episodes(write_episodes(data(), tmp_path / "old.h5"))  # nothing recorded
+    assert old.successes is None and [x.success for x in old.episodes()] == [True, True, False]
+    bad = EpisodeData.from_episodes([e, plain], SPEC)
+    bad.successes[1, 2] = True  # after the end of the 2-step episode
+    with pytest.raises(EpisodeFileError, match="'successes' set after the end"):
+        bad.validate("<x>")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("kalm-episodes-99", "newer than this kalm"),
+    ("hdf5-something", "not a kalm episode format"),
+])
+def test_format_version_is_checked_on_read(tmp_path, value, message):
+    path = write_episodes(data(), tmp_path / "real.h5")
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "kalm-episodes-2"
+    with h5py.File(path, "a") as f:
+        f.attrs["format"] = value
+    with pytest.raises(EpisodeFileError) as err:
+        read_episodes(path)
+    assert str(path) in str(err.value) and "attribute 'format'" in str(err.value)
+    assert value in str(err.value) and message in str(err.value)
+    with h5py.File(path, "a") as f:  # files from before the attribute existed: version 1
+        del f.attrs["format"]
+    assert len(read_episodes(path)) == 3
+    with h5py.File(path, "a") as f:
+        f.attrs["format"] = "kalm-episodes-1"
+    assert len(read_episodes(path)) == 3

@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from kalm.envs.base import RandomAgent
 from kalm.envs.clevr.constants import COLORS, GOAL_DIRECTIONS
 from kalm.envs.clevr.env import CLEVRRobotEnv
-from kalm.envs.clevr.expert import ExpertPolicy, RandomPolicy
-from kalm.envs.clevr.goals import is_success
+from kalm.envs.clevr.expert import ExpertPolicy
+from kalm.envs.clevr.goals import is_success, max_steps
 
 # Corners far from the action, for the balls a scene does not use.
 _FAR = [
@@ -207,13 +208,15 @@ def test_expert_is_deterministic() -> None:
     assert runs[0] == runs[1]
 
 
-def test_random_policy_is_reproducible() -> None:
-    a, b, c = RandomPolicy(seed=3), RandomPolicy(seed=3), RandomPolicy(seed=4)
+def test_random_agent_is_reproducible(env: CLEVRRobotEnv) -> None:
+    a, b, c = RandomAgent(seed=3), RandomAgent(seed=3), RandomAgent(seed=4)
     goal = _relation("red", "blue", "left")
-    xs = [a.act(goal) for _ in range(50)]
-    a.reset()
-    assert xs == [b.act(goal) for _ in range(50)]
-    assert xs != [c.act(goal) for _ in range(50)]
+    for agent in (a, b, c):
+        agent.begin(env, goal, "test")
+    obs = np.zeros(10, dtype=np.float32)
+    xs = [a.act(obs) for _ in range(50)]
+    assert xs == [b.act(obs) for _ in range(50)]
+    assert xs != [c.act(obs) for _ in range(50)]
     assert all(0 <= x < 40 for x in xs) and len(set(xs)) > 10
 
 
@@ -230,11 +233,12 @@ def test_random_policy_is_reproducible() -> None:
     ],
 )
 def test_composite_goals_run(env: CLEVRRobotEnv, goal: dict[str, Any]) -> None:
-    """Every goal kind gets valid actions (success is measured by benchmarks/expert_success.py)."""
+    """The expert solves every composite goal kind on a seeded scene within the step limit."""
     env.reset(seed=2, options={"goal": goal, "instruction": "test"})
+    assert not is_success(env.goal, env.ball_positions())
     expert = ExpertPolicy(env)
-    for _ in range(3):
-        a = expert.act(env.goal)
-        assert 0 <= a < 40
-        if env.step(a)[2]:
+    for _ in range(max_steps(env.goal)):
+        terminated, truncated = env.step(expert.act(env.goal))[2:4]
+        if terminated or truncated:
             break
+    assert terminated and is_success(env.goal, env.ball_positions())

@@ -1,5 +1,6 @@
 """Grounding: prompt layouts, masks, losses, save/load, resume, LoRA/full, learning on tiny data."""
 
+import itertools
 import json
 
 import numpy as np
@@ -30,6 +31,7 @@ from kalm.llm.train import GroundConfig, ground
 
 SPEC = RolloutSpec("clevr", 10, "discrete", 40)
 GOAL = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
+
 
 
 @pytest.fixture(scope="module")
@@ -176,25 +178,44 @@ def _train(tmp_path, tokenizer, name, steps, resume=False, mode="lora", **kw):
     data_path = tmp_path / "real.h5"
     if not data_path.exists():
         write_episodes(episodes(12), data_path)
-    cfg = GroundConfig(data=str(data_path), out=str(tmp_path / name), steps=steps, batch_size=4,
-                       paraphrase_suite="", save_every=3, eval_every=3, metrics_episodes=2,
-                       explain_episodes=1, adapter=AdapterConfig(mode=mode, lora_r=4), **kw)
+    settings = {"batch_size": 4, "paraphrase_suite": "", "save_every": 3, "eval_every": 3,
+                "metrics_episodes": 2, "explain_episodes": 1, **kw}
+    cfg = GroundConfig(data=str(data_path), out=str(tmp_path / name), steps=steps,
+                       adapter=AdapterConfig(mode=mode, lora_r=4), **settings)
     return ground(cfg, resume=resume, backbone=fresh(tokenizer), progress=False)
 
 
-def test_save_load_identical_outputs(tmp_path, tokenizer, builder):
-    _train(tmp_path, tokenizer, "g", steps=3)
+def test_save_load_identical_outputs(tmp_path, tokenizer, builder, monkeypatch):
+    """The reloaded model computes what the trained model in memory computed."""
+    import kalm.llm.train as train_mod
+
+    trained = []
+    save = train_mod.save_rollout_model
+
+    def keep(model, folder, meta):
+        trained.append(model)
+        return save(model, folder, meta)
+
+    monkeypatch.setattr(train_mod, "save_rollout_model", keep)
+    _train(tmp_path, tokenizer, "g", steps=3, lr=5e-2)
     model, meta = load_rollout_model(tmp_path / "g", backbone=fresh(tokenizer))
     assert meta["adapter"]["mode"] == "lora"
     data = episodes(2, seed=5)
     col = Collator(data, builder, Paraphrases(), "discrete", 40)
-    batch = col(list(GroundingSamples(2, 4, 1, {"rollout": 1, "dynamics": 1}, 0)))
-    again, _ = load_rollout_model(tmp_path / "g", backbone=fresh(tokenizer))
+    batch = col(list(GroundingSamples(2, 4, 1, {o: 1 for o in (
+        "rollout", "dynamics", "consequence", "explanation")}, 0)))
+    (memory,) = trained
+    memory.eval()
+    untrained = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(),
+                                    AdapterConfig(lora_r=4)).eval()
+    untrained.set_normalizer(memory.state_mean, memory.state_std)
     with torch.no_grad():
-        a = grounding_losses(model, batch)
-        b = grounding_losses(again, batch)
+        a = grounding_losses(memory, batch)
+        b = grounding_losses(model, batch)
+        c = grounding_losses(untrained, batch)
     for k in a:
-        assert float(a[k]) == float(b[k])
+        assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6, abs=1e-7), k
+    assert float(a["loss"]) != pytest.approx(float(c["loss"]), rel=1e-3)  # training did something
     assert json.loads((tmp_path / "g" / "kalm_model.json").read_text())["spec"]["obs_dim"] == 10
 
 
@@ -330,3 +351,113 @@ def test_eager_and_sdpa_attention_give_the_same_losses(tmp_path, tokenizer, buil
             losses[impl] = {k: float(v) for k, v in grounding_losses(model, batch).items()}
     for k, v in losses["sdpa"].items():
         assert losses["eager"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+
+
+# ---------------------------------------------------------------- precision and time budget
+def test_bf16_auto_follows_the_probe(tmp_path, tokenizer, monkeypatch):
+    """Where the probe measures bf16 slower than fp32 (an AVX2-only CPU), auto trains in fp32 with
+    the backbone's attention, and says so in the model and the metrics."""
+    import kalm.llm.device as device_mod
+    from kalm.llm.train import training_attention
+
+    speeds = {False: 100.0, True: 5.0}  # GFLOP/s: fp32, bf16
+    monkeypatch.setattr(device_mod, "_PROBE_CACHE", {})
+    monkeypatch.setattr(device_mod, "matmul_gflops", lambda device, bf16, **kw: speeds[bf16])
+    assert GroundConfig().bf16 == "auto"
+    cpu = torch.device("cpu")
+    assert device_mod.resolve_bf16("auto", cpu)[0] is False
+    assert training_attention(GroundConfig(), device=cpu) is None
+    assert device_mod.resolve_bf16(True, cpu)[0] is True  # forced stays forced
+    result = _train(tmp_path, tokenizer, "g", steps=2, device="cpu")
+    meta = json.loads((tmp_path / "g" / "kalm_model.json").read_text())["train"]
+    written = json.loads((tmp_path / "g" / "grounding_metrics.json").read_text())
+    for record in (meta, written, result):
+        assert record["dtype"] == "float32"
+        assert record["bf16_probe"]["fp32_gflops"] == 100.0
+        assert record["bf16_probe"]["bf16_gflops"] == 5.0
+        assert record["bf16_probe"]["use_bf16"] is False
+    monkeypatch.setattr(device_mod, "_PROBE_CACHE", {})
+    speeds[True] = 400.0  # an AMX/AVX-512-BF16 CPU: bf16 autocast is chosen, eager attention
+    assert device_mod.resolve_bf16("auto", cpu)[0] is True
+    assert training_attention(GroundConfig(), device=cpu) == "eager"
+    with pytest.raises(ValueError, match="bf16 must be"):
+        GroundConfig(bf16="sometimes")
+
+
+def test_fit_budget_arithmetic():
+    from kalm.llm.train import BUDGET_MARGIN, fit_budget
+
+    cfg = GroundConfig(budget_minutes=1.0, eval_every=10, save_every=20)
+    # 60 s: margin, 10 s elapsed, final eval 2 + 2 saves 1 + metrics 5 = 8 s -> per step
+    # 0.5 + 2/10 + 0.5/20 = 0.725 s
+    free = 60 * (1 - BUDGET_MARGIN) - 10 - 8
+    total, plan = fit_budget(cfg, 4, 10.0, 0.5, 2.0, 0.5, 5.0)
+    assert total == 4 + int(free // 0.725) and plan["steps"] == total
+    assert plan["predicted_total_s"] <= 60
+    capped, _ = fit_budget(GroundConfig(budget_minutes=1.0, steps=20), 4, 10.0, 0.5, 2.0, 0.5, 5)
+    assert capped == 20  # `steps` bounds a budgeted run
+    late, _ = fit_budget(cfg, 4, 70.0, 0.5, 2.0, 0.5, 5.0)
+    assert late == 4  # over budget already: the schedule ends where it is
+
+
+def _lrs(folder):
+    return [json.loads(ln)["lr"] for ln in (folder / "metrics.jsonl").read_text().splitlines()
+            if json.loads(ln)["split"] == "train"]
+
+
+def test_time_budget_fits_a_complete_schedule_inside_the_budget(tmp_path, tokenizer):
+    import time
+
+    budget = 0.1  # minutes, from the start of `ground`
+    backbone = fresh(tokenizer)
+    write_episodes(episodes(12), tmp_path / "real.h5")
+    cfg = GroundConfig(data=str(tmp_path / "real.h5"), out=str(tmp_path / "g"), batch_size=4,
+                       paraphrase_suite="", metrics_episodes=2, explain_episodes=1,
+                       adapter=AdapterConfig(lora_r=4), budget_minutes=budget, bf16=False,
+                       warmup_steps=7, eval_every=20, save_every=20, lr=1e-3, min_lr_ratio=0.1)
+    t = time.time()
+    result = ground(cfg, backbone=backbone, progress=False)
+    wall = time.time() - t
+    meta = json.loads((tmp_path / "g" / "kalm_model.json").read_text())["train"]
+    assert wall <= 60 * budget + 0.75, (wall, result["budget"])  # a shared, noisy machine
+    assert result["steps"] == meta["steps_done"] == meta["steps"] == result["budget"]["steps"]
+    assert meta["steps"] > 3  # the probe steps, then what the budget buys
+    lrs = _lrs(tmp_path / "g")
+    assert len(lrs) == meta["steps"]
+    assert lrs[-1] == pytest.approx(0.1 * 1e-3, rel=1e-9)  # decayed to min_lr: complete
+    assert lrs[6] == pytest.approx(1e-3)  # the peak, after 7 warmup steps
+    assert all(a >= b for a, b in itertools.pairwise(lrs[6:]))  # then cosine decay
+
+
+def test_time_budget_schedule_survives_a_resume(tmp_path, tokenizer, monkeypatch):
+    """The fitted length is stored in the checkpoint: a resumed run keeps it (no refit) and ends
+    where an uninterrupted run with that length ends."""
+    import kalm.llm.train as train_mod
+
+    real_fit = train_mod.fit_budget
+
+    def fit_ten(cfg, step, *args):
+        return 10, {**real_fit(cfg, step, *args)[1], "steps": 10}
+
+    monkeypatch.setattr(train_mod, "fit_budget", fit_ten)
+    kw = {"steps": None, "budget_minutes": 5.0, "bf16": False, "warmup_steps": 3,
+          "save_every": 2, "eval_every": 50, "lr": 1e-2}
+    _train(tmp_path, tokenizer, "straight", **kw)
+    _train(tmp_path, tokenizer, "split", stop_at_step=5, **kw)
+    (tmp_path / "split" / "kalm_model.json").unlink()
+
+    def no_refit(*args):
+        raise AssertionError("a resumed run fitted its schedule again")
+
+    monkeypatch.setattr(train_mod, "fit_budget", no_refit)
+    result = _train(tmp_path, tokenizer, "split", resume=True, **kw)
+    assert result["steps"] == 10
+    meta = json.loads((tmp_path / "split" / "kalm_model.json").read_text())["train"]
+    assert meta["steps"] == meta["steps_done"] == 10 and meta["budget"]["steps"] == 10
+    assert _lrs(tmp_path / "split") == pytest.approx(_lrs(tmp_path / "straight"), rel=1e-12)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "straight" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "split" / "weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)

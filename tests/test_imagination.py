@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from kalm.data.episodes import read_episodes
+from kalm.data.episodes import Episode, read_episodes
 from kalm.data.suites import SuiteError
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success
+from kalm.envs.clevr.realism import check_transitions, replay
 from kalm.envs.clevr.rewards import episode_rewards
-from kalm.imagination.quality import check_transitions, replay
-from kalm.imagination.stage import ImagineConfig, imagine
+from kalm.imagination.stage import UNREALISTIC, ImagineConfig, imagine, summarize
 from kalm.llm.backbone import tiny_backbone
 from kalm.llm.generate import imagine_batch
 from kalm.llm.model import ModelConfig
@@ -23,6 +23,7 @@ from kalm.llm.train import clevr_spec
 GOAL = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
 INSTRUCTIONS = ["Put red left of blue", "A much longer instruction: put the green ball in "
                 "front of the cyan ball, please, and take your time about it", "Go"]
+
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,137 @@ def test_imagine_stage_output_round_trips_with_env_labels(model, tmp_path):
         assert ep.length <= (1 if ep.goal["kind"] == "push" else 6)
         assert bool(ep.extras["self_success"]) == bool(ep.terminals[-1])
     assert set(stats["levels"]) == {"rephrase", "easy"}
-    for key in ("replayed_match", "self_judged_match", "random_replay_match"):
-        assert 0.0 <= stats["levels"]["easy"][key] <= 1.0
+    env = CLEVRRobotEnv()
+    for level in ("rephrase", "easy"):
+        eps = [data.episode(i) for i in range(len(data)) if data.extras["level"][i] == level]
+        # the stored per-rollout verdicts are the simulator's, and the rates are their means
+        replays = [replay(env, e.goal, e.observations[0], e.actions)[1] for e in eps]
+        assert [bool(e.extras["replay_success"]) for e in eps] == replays
+        rates = stats["levels"][level]
+        assert rates["rollouts"] == len(eps) == 2
+        assert rates["replayed_match"] == pytest.approx(np.mean(replays))
+        assert rates["self_judged_match"] == pytest.approx(
+            np.mean([bool(e.terminals[-1]) for e in eps]))
+        assert rates["random_replay_match"] == pytest.approx(
+            np.mean([bool(e.extras["random_replay_success"]) for e in eps]))
     assert not (tmp_path / "im.h5.parts").exists()
+
+
+def _extras(level, self_ok, replay_ok, random_ok, errors, out_of_table=0, judged=None):
+    """The per-rollout record `kalm imagine` stores, written by hand."""
+    return {"level": level, "self_success": self_ok, "replay_success": replay_ok,
+            "random_replay_success": random_ok, "replayed": True, "realism_checked": True,
+            "realistic": out_of_table == 0, f"{UNREALISTIC}out_of_table": out_of_table,
+            f"{UNREALISTIC}exceed_dynamics": 0,
+            "state_errors": np.array([*errors, *[np.nan] * (50 - len(errors))]),
+            "explanation_checked": judged is not None, "explanation_consistent": bool(judged)}
+
+
+def _episode(length, extras):
+    obs = np.zeros((length + 1, 10), np.float32)
+    return Episode(obs, np.zeros(length, np.int64), np.zeros(length, np.float32),
+                   np.zeros(length, bool), "x", GOAL, extras=extras)
+
+
+def test_summary_rates_on_a_hand_made_case():
+    eps = [_episode(2, _extras("easy", True, True, False, [0.1, 0.3], judged=True)),
+           _episode(1, _extras("easy", False, False, False, [0.2], out_of_table=1,
+                               judged=False)),
+           _episode(1, _extras("easy", True, False, True, [0.4])),
+           _episode(4, _extras("easy", False, False, False, [0.0, 0.1, 0.2, 0.3]))]
+    cfg = ImagineConfig(filter=True, filter_explanation=True)
+    stats = summarize(eps, [], cfg)
+    easy = stats["levels"]["easy"]
+    assert easy["rollouts"] == 4 and easy["transitions"] == 8
+    assert easy["self_judged_match"] == 0.5
+    assert easy["replayed_match"] == 0.25
+    assert easy["random_replay_match"] == 0.25
+    assert easy["out_of_table_pct"] == pytest.approx(100 / 8)
+    assert easy["unrealistic_rollouts_pct"] == 25.0
+    assert easy["state_error_by_step"] == pytest.approx([0.175, 0.2, 0.2, 0.3])
+    assert easy["state_error_mean"] == pytest.approx(1.6 / 8)
+    assert stats["filter"]["unrealistic"]["would_drop"] == 1
+    # judged: consistent, inconsistent; the other two were never judged
+    assert stats["filter"]["explanation"] == {"enabled": True, "checked": 2, "consistent": 1,
+                                              "would_drop": 1}
+    assert stats["kept"] == 1  # the one judged consistent (and realistic)
+    unfiltered = summarize(eps, [], ImagineConfig())
+    assert unfiltered["kept"] == 4
+
+
+def test_unjudged_explanations_are_stored_as_unchecked(model, tmp_path, monkeypatch):
+    """Without --filter-explanation nothing judged the explanations: the file says so instead
+    of claiming they were consistent; with it every rollout carries its verdict."""
+    import kalm.llm.metrics as metrics_mod
+    from kalm.imagination.stage import explanation_verdict
+
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(json.dumps({"instruction": "Red left of blue.", "level": "rephrase",
+                                 "goal": GOAL}) + "\n")
+    kw = {"suite_file": str(suite), "per_goal": 4, "max_steps": 2}
+    stats = imagine(ImagineConfig(out=str(tmp_path / "a.h5"), **kw), model=model,
+                    progress=False)
+    data = read_episodes(tmp_path / "a.h5")
+    assert not data.extras["explanation_checked"].any()
+    assert all(explanation_verdict(data.episode(i).extras) is None for i in range(len(data)))
+    assert stats["filter"]["explanation"] == {"enabled": False, "checked": 0,
+                                              "consistent": None, "would_drop": None}
+    texts = iter(["Put the red ball to the left of the blue ball.", "Something else entirely.",
+                  "Move the red ball left of the blue one.", "Push green forward."])
+    monkeypatch.setattr(metrics_mod, "greedy_text",
+                        lambda m, b, prompts, **k: [next(texts) for _ in prompts])
+    stats = imagine(ImagineConfig(out=str(tmp_path / "b.h5"), filter_explanation=True, **kw),
+                    model=model, progress=False)
+    data = read_episodes(tmp_path / "b.h5")
+    assert stats["filter"]["explanation"] == {"enabled": True, "checked": 4, "consistent": 2,
+                                              "would_drop": 2}
+    assert len(data) == stats["kept"] == 2
+    assert data.extras["explanation_checked"].all() and data.extras["explanation_consistent"].all()
+
+
+def _sampled(model, tmp_path, name, batch_size, **kw):
+    suite = tmp_path / "s.jsonl"
+    suite.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"instruction": "Red left of blue.", "level": "rephrase", "goal": GOAL},
+        {"instruction": "Green in front of cyan.", "level": "rephrase",
+         "goal": {"kind": "relation", "object": "green", "reference": "cyan",
+                  "direction": "front"}}]))
+    imagine(ImagineConfig(out=str(tmp_path / name), suite_file=str(suite), per_goal=10,
+                          max_steps=4, temperature=1.0, batch_size=batch_size, chunk_size=16,
+                          seed=3, **kw), model=model, progress=False)
+    data = read_episodes(tmp_path / name)
+    return {int(data.extras["task_index"][i]): data.episode(i) for i in range(len(data))}
+
+
+def test_sampled_rollouts_do_not_depend_on_batch_size_or_resume(model, tmp_path, monkeypatch):
+    """At temperature > 0 a rollout draws from its own stream, seeded by (seed, task index)."""
+    import kalm.imagination.stage as stage_mod
+
+    small = _sampled(model, tmp_path, "b4.h5", 4)
+    large = _sampled(model, tmp_path, "b16.h5", 16)
+    assert sorted(small) == sorted(large) == list(range(20))  # two chunks of 16 and 4 tasks
+    for i in small:
+        assert small[i].actions.tolist() == large[i].actions.tolist(), i
+        np.testing.assert_allclose(small[i].observations, large[i].observations, atol=1e-5)
+    assert len({tuple(e.actions.tolist()) for e in small.values()}) > 10  # really sampled
+
+    run_chunk = stage_mod._run_chunk
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while imagining the second chunk
+        return run_chunk(*args)
+
+    monkeypatch.setattr(stage_mod, "_run_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _sampled(model, tmp_path, "resumed.h5", 16)
+    assert (tmp_path / "resumed.h5.parts" / "chunk-00000.h5").exists()
+    monkeypatch.setattr(stage_mod, "_run_chunk", run_chunk)
+    resumed = _sampled(model, tmp_path, "resumed.h5", 8)  # another batch size on resume
+    for i in small:
+        assert resumed[i].actions.tolist() == small[i].actions.tolist(), i
 
 
 def test_imagine_reports_bad_suite_line(model, tmp_path):
@@ -130,19 +259,20 @@ def test_replay_and_realism_checks():
                         np.array([1]))
     assert ok and states[1][1] > start[1] + 0.2
     real = check_transitions(states, np.array([1]))
-    assert real.realistic
+    assert not any(real.values())
     teleport = states.copy()
     teleport[1, 0] = 0.9  # red jumps off the table
     c = check_transitions(teleport, np.array([1]))
-    assert c.out_of_table == 1 and c.exceed_dynamics == 1 and c.untouched_moved == 0
+    assert c == {"out_of_table": 1, "exceed_dynamics": 1, "interpenetration": 0,
+                 "untouched_moved": 0}
     far = np.array([[-0.45, -0.15, 0.42, 0.55, 0.42, -0.15, -0.35, 0.55, 0.1, 0.55]] * 2)
     far[1, 1] += 0.25  # red pushed +y (action 1)
-    assert check_transitions(far, np.array([1])).realistic
+    assert not any(check_transitions(far, np.array([1])).values())
     far[1, 8] -= 0.3  # cyan moves although no chain of balls connects it to red
-    assert check_transitions(far, np.array([1])).untouched_moved == 1
+    assert check_transitions(far, np.array([1]))["untouched_moved"] == 1
     overlap = states.copy()
     overlap[1, 2:4] = overlap[1, 0:2] + [0.1, 0.0]
-    assert check_transitions(overlap, np.array([1])).interpenetration == 1
+    assert check_transitions(overlap, np.array([1]))["interpenetration"] == 1
     assert is_success({"kind": "push", "object": "red", "direction": "behind"}, states[1],
                       states[0], 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -81,6 +82,61 @@ def test_runner_records_wall_time_of_a_failed_attempt(tmp_path):
     assert not rec["done"] and rec["wall_s"] >= 0.05
 
 
+def test_superseded_folders_are_never_deleted(tmp_path):
+    """A config changed back and forth keeps every earlier output folder."""
+    calls: list[str] = []
+    for x in (1, 2, 1, 2):
+        Runner(tmp_path, lambda m: None).run(_stage("a", {"x": x}, [], calls))
+    moved = sorted(p.name for p in tmp_path.iterdir() if ".superseded-" in p.name)
+    assert len(moved) == 3 and len(set(moved)) == 3
+    contents = sorted(json.loads((tmp_path / m / "out.txt").read_text())["x"] for m in moved)
+    assert contents == [1, 1, 2]
+
+
+def _fake_pipeline(cfg, calls: list[str]) -> list[Stage]:
+    """The real stage list (names, configs, inputs) with work that only writes a file."""
+    from kalm.pipeline import build_stages
+
+    stages = build_stages(cfg)
+    for s in stages:
+        s.run = (lambda name: lambda folder: (calls.append(name),
+                                              (folder / "o.txt").write_text(name),
+                                              [folder / "o.txt"])[-1])(s.name)
+        s.resolved = None
+    return stages
+
+
+def test_adding_an_algorithm_runs_only_its_stages(tmp_path):
+    """Stage hashes cover what a stage reads: a new algorithm leaves trained policies alone."""
+    cfg = load_run_config(ROOT / "configs" / "clevr-quick.yaml", out=str(tmp_path / "r"),
+                          seeds=[0, 1])
+    calls: list[str] = []
+    runner = Runner(cfg.run_dir, lambda m: None)
+    for s in _fake_pipeline(cfg, calls):
+        runner.run(s)
+    first = list(calls)
+    assert "train-bc-seed0" in first and "report" in first
+
+    bigger = dataclasses.replace(cfg, rl=dataclasses.replace(
+        cfg.rl, algos=[*cfg.rl.algos, "bcq"], steps={**cfg.rl.steps, "bcq": 123}))
+    calls.clear()
+    runner = Runner(cfg.run_dir, lambda m: None)
+    for s in _fake_pipeline(bigger, calls):
+        runner.run(s)
+    assert calls == ["train-bcq-seed0", "evaluate-bcq-seed0", "train-bcq-seed1",
+                     "evaluate-bcq-seed1", "report"]
+
+    # the imagination batch size changes speed only; the grounding device too
+    faster = dataclasses.replace(
+        bigger, imagine=dataclasses.replace(bigger.imagine, batch_size=7),
+        evaluate=dataclasses.replace(bigger.evaluate, workers=1))
+    calls.clear()
+    runner = Runner(cfg.run_dir, lambda m: None)
+    for s in _fake_pipeline(faster, calls):
+        runner.run(s)
+    assert calls == []
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -131,7 +187,7 @@ def _tiny_config(path: Path, backbone: Path, ground_steps: int) -> Path:
         "name": "tiny", "seeds": [0],
         "collect": {"episodes": 30, "workers": 1, "chunk_size": 10, "seed": 3},
         "ground": {"backbone": str(backbone), "steps": ground_steps, "batch_size": 4,
-                   "save_every": 5, "eval_every": 20, "eval_episodes": 4,
+                   "save_every": 5, "eval_every": 20, "eval_episodes": 4, "bf16": False,
                    "metrics_episodes": 4, "explain_episodes": 2, "warmup_steps": 1},
         "imagine": {"levels": {"easy": 1, "rephrase": 1}, "max_steps": 4, "batch_size": 32},
         "rl": {"algos": ["bc"], "steps": {"bc": 30}},
@@ -183,6 +239,9 @@ def test_run_is_killed_mid_grounding_and_resumes(tmp_path, tiny_backbone_dir):
     assert "ground: resuming" in text
     ground = _record(out, "ground")
     assert ground["done"] and ground["attempts"] == 2
+    metrics = json.loads((out / "ground" / "grounding_metrics.json").read_text())
+    assert ground["resolved"]["dtype"] == metrics["dtype"] == "float32"  # bf16: false below
+    assert ground["resolved"]["bf16_probe"]["reason"] == "forced"
     assert _record(out, "collect")["attempts"] == 1
     meta = json.loads((out / "ground" / "kalm_model.json").read_text())
     assert meta["train"]["steps_done"] == 60
@@ -220,7 +279,8 @@ def test_paper_config_runs_one_step_of_every_stage_on_a_slice(tmp_path):
     text = subprocess.run(
         [sys.executable, "-m", "kalm.cli", "run", "--config",
          str(ROOT / "configs" / "clevr-paper.yaml"), "--out", str(out), "--smoke"],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout  # a real backbone: both cores
     smoke = Path(f"{out}-smoke")
     stages = [p.name for p in smoke.iterdir() if (p / "stage.json").exists()]
     assert {"collect", "ground", "imagine-hard", "train-cql-seed0", "evaluate-bc-seed0",
@@ -228,6 +288,9 @@ def test_paper_config_runs_one_step_of_every_stage_on_a_slice(tmp_path):
     assert all(_record(smoke, s)["done"] for s in stages)
     meta = json.loads((smoke / "ground" / "kalm_model.json").read_text())
     assert meta["train"]["steps_done"] == 1
+    from kalm.data.episodes import read_episodes
+
+    assert len(read_episodes(smoke / "imagine-hard" / "imagined.h5")) == 4  # first 4 goals
     assert meta["backbone"]["name"] == "smollm2-135m-instruct"
     assert (smoke / "report" / "report.md").exists()
 

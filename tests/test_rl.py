@@ -1,6 +1,7 @@
 """Offline-RL data: terminals vs timeouts, intervals, 1:1 mixing, text encoder, tiny training."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,13 @@ def test_text_encoder_is_deterministic_offline_and_cached(encoder):
     assert a.shape == (2, 384) and np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     para = encoder.encode(["Shove the red ball leftwards."])[0]
     assert para @ a[0] > para @ a[1]  # a paraphrase is closer than an unrelated goal
+    # an embedding does not depend on what it is encoded with (no padded batches)
+    texts = ["Push it.", "Put the green ball in front of the cyan ball, please.",
+             "Red left of blue.", "Move the purple ball to the right of the red one."]
+    together = TextEncoder.shared().encode(texts)
+    fresh = TextEncoder()
+    alone = np.stack([fresh.encode([t])[0] for t in texts])  # one text per call
+    np.testing.assert_array_equal(together, alone)
 
 
 def test_terminals_timeouts_and_intervals(encoder):
@@ -59,17 +67,47 @@ def test_terminals_timeouts_and_intervals(encoder):
 
 
 def test_one_to_one_mixing_in_every_batch(encoder):
-    real = to_transitions(EpisodeData.from_episodes([ep(4, True, value=0.0)], SPEC), encoder)
+    # every transition is distinguishable: real ones have state values 10 * episode + step,
+    # imagined ones 1000 + ..., and their own instruction
+    real = to_transitions(EpisodeData.from_episodes(
+        [ep(3, True, value=10.0 * i, action=i) for i in range(6)], SPEC), encoder)
     imag = to_transitions(EpisodeData.from_episodes(
-        [ep(4, True, value=100.0, instruction="Imagined.")], SPEC), encoder)
+        [ep(3, True, value=1000.0 + 10 * i, action=20 + i, instruction="Imagined.")
+         for i in range(4)], SPEC), encoder)
+    real_rows = {(o, a) for o, a in zip(real.observations[:, 0], real.actions[:, 0],
+                                        strict=True)}
+    imag_rows = {(o, a) for o, a in zip(imag.observations[:, 0], imag.actions[:, 0],
+                                        strict=True)}
+    assert len(real_rows) == 18 and len(imag_rows) == 12
+
+    def sources(batch):
+        rows = list(zip(batch.observations[:, 0], batch.actions[:, 0], strict=True))
+        from_real = np.array([r in real_rows for r in rows])
+        from_imag = np.array([r in imag_rows for r in rows])
+        assert (from_real ^ from_imag).all()  # each row is a transition of exactly one source
+        # the rest of the row belongs to that same transition
+        np.testing.assert_array_equal(batch.observations[from_real, 10:],
+                                      np.repeat(real.observations[:1, 10:], from_real.sum(), 0))
+        np.testing.assert_array_equal(batch.observations[from_imag, 10:],
+                                      np.repeat(imag.observations[:1, 10:], from_imag.sum(), 0))
+        np.testing.assert_array_equal(batch.next_observations[~batch.terminals[:, 0].astype(
+            bool), 0], batch.observations[~batch.terminals[:, 0].astype(bool), 0] + 1)
+        return from_real, from_imag
+
     sampler = TransitionSampler(real, imag, imagined_ratio=0.5, seed=0)
-    for size in (32, 33, 100):
+    seen_real, seen_imag = set(), set()
+    for size in (32, 33, 100, *[32] * 20):
         b = sampler.sample(size)
-        from_imag = int((b.observations[:, 0] >= 100).sum())
-        assert from_imag == round(size / 2)
-    quarter = TransitionSampler(real, imag, imagined_ratio=0.25, seed=0).sample(40)
-    assert int((quarter.observations[:, 0] >= 100).sum()) == 10
-    assert (TransitionSampler(real).sample(16).observations[:, 0] < 100).all()
+        from_real, from_imag = sources(b)
+        assert (from_real.sum(), from_imag.sum()) == (size - round(size / 2), round(size / 2))
+        seen_real |= set(b.observations[from_real, 0].tolist())
+        seen_imag |= set(b.observations[from_imag, 0].tolist())
+    assert len(seen_real) == 18 and len(seen_imag) == 12  # both sources sampled throughout
+    from_real, from_imag = sources(
+        TransitionSampler(real, imag, imagined_ratio=0.25, seed=0).sample(40))
+    assert (from_real.sum(), from_imag.sum()) == (30, 10)
+    from_real, _ = sources(TransitionSampler(real).sample(16))
+    assert from_real.all()
 
 
 def _trivial_data(n=60):
@@ -110,6 +148,60 @@ def test_tiny_training_beats_random_and_round_trips(tmp_path):
     assert saved["algo"]["gamma"] == 0.99 and saved["real_transitions"] == 60
 
 
+def _q_values(path, obs):
+    import d3rlpy
+
+    algo = d3rlpy.load_learnable(str(path), device="cpu:0")
+    return np.stack([algo.predict_value(obs, np.full(len(obs), a)) for a in range(40)], 1)
+
+
+def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
+    """CQL with a target sync every 7 gradient steps, interrupted at step 16 (last checkpoint:
+    step 10) and resumed, ends with exactly the weights of an uninterrupted run."""
+    import yaml
+    from click.testing import CliRunner
+
+    from kalm.cli import main
+    from kalm.rl.datasets import TransitionSampler as Sampler
+
+    write_episodes(_trivial_data(20), tmp_path / "real.h5")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"train": {"log_every": 5, "algo": {
+        "hidden_units": [32, 32], "learning_rate": 3e-3, "target_update_interval": 7}}}))
+
+    def train(out, *extra):
+        return CliRunner().invoke(main, [
+            "train", "--algo", "cql", "--real", str(tmp_path / "real.h5"), "--steps", "30",
+            "--save-every", "10", "--seed", "3", "--config", str(config), "--out",
+            str(tmp_path / out), *extra])
+
+    r = train("whole")
+    assert r.exit_code == 0, r.output
+    real_sample = Sampler.sample
+    calls = {"n": 0}
+
+    def crash_at_step_16(self, batch_size):
+        calls["n"] += 1
+        if calls["n"] == 16:
+            raise RuntimeError("simulated crash")
+        return real_sample(self, batch_size)
+
+    monkeypatch.setattr(Sampler, "sample", crash_at_step_16)
+    r = train("split")
+    assert isinstance(r.exception, RuntimeError) and not (tmp_path / "split/policy.d3").exists()
+    monkeypatch.setattr(Sampler, "sample", real_sample)
+    r = train("split", "--resume")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "split/train_summary.json").read_text())[
+        "steps_this_run"] == 20
+    obs = np.random.default_rng(0).uniform(-1, 1, (16, 10 + 384)).astype(np.float32)
+    whole = _q_values(tmp_path / "whole/policy.d3", obs)
+    split = _q_values(tmp_path / "split/policy.d3", obs)
+    assert np.abs(whole - split).max() <= 1e-6
+    resumed_log = (tmp_path / "split/logs/train.jsonl").read_text().splitlines()
+    assert resumed_log[-1] == (tmp_path / "whole/logs/train.jsonl").read_text().splitlines()[-1]
+
+
 def test_cli_trains_and_evaluates_a_policy(tmp_path):
     from click.testing import CliRunner
 
@@ -132,7 +224,10 @@ def test_cli_trains_and_evaluates_a_policy(tmp_path):
     assert r.exit_code == 2 and "not 'expert'" in r.output
 
 
-def test_compare_baseline_vs_kalm_table_and_plot(tmp_path):
+def test_compare_baseline_vs_kalm_table_and_plot(tmp_path, monkeypatch):
+    import dataclasses
+
+    import kalm.eval.compare as compare_mod
     from kalm.eval.compare import CompareConfig, run_compare
 
     write_episodes(_trivial_data(20), tmp_path / "real.h5")
@@ -144,11 +239,53 @@ def test_compare_baseline_vs_kalm_table_and_plot(tmp_path):
                         imagined={"easy": str(tmp_path / "im.h5")}, algo="bc", seeds=[0, 1],
                         steps=20, episodes=2, easy_episodes=2, suite_file=str(suite),
                         levels=["easy"], workers=1)
+    calls = {"train": [], "evaluate": []}
+    train, evaluate = compare_mod.train_policy, compare_mod.evaluate_policy
+
+    def count_train(tc, **kw):
+        calls["train"].append((Path(tc.out).name, tc.steps))
+        return train(tc, **kw)
+
+    def count_evaluate(policy, suite, episodes, **kw):
+        calls["evaluate"].append((Path(kw["name"]).name, episodes))
+        return evaluate(policy, suite, episodes, **kw)
+
+    monkeypatch.setattr(compare_mod, "train_policy", count_train)
+    monkeypatch.setattr(compare_mod, "evaluate_policy", count_evaluate)
+    root = tmp_path / "cmp"
     summary = run_compare(cfg)
+    assert len(calls["train"]) == 4 and len(calls["evaluate"]) == 4
     assert len(summary["success"]["baseline"]["easy"]) == 2
     assert len(summary["success"]["kalm"]["easy"]) == 2
-    md = (tmp_path / "cmp" / "results.md").read_text()
+    md = (root / "results.md").read_text()
     assert "| easy |" in md and "±" in md
-    assert (tmp_path / "cmp" / "results.png").stat().st_size > 0
-    again = run_compare(cfg)  # resumes: everything already there
-    assert again["success"] == summary["success"]
+    assert (root / "results.png").stat().st_size > 0
+
+    calls = {"train": [], "evaluate": []}
+    again = run_compare(cfg)  # same config: every policy and evaluation is reused
+    assert calls == {"train": [], "evaluate": []}
+    assert again == summary
+
+    # (seed 1 only from here, to keep the test short)
+    more = dataclasses.replace(cfg, seeds=[1], episodes=3, easy_episodes=3)  # re-evaluate
+    calls = {"train": [], "evaluate": []}
+    res = run_compare(more)
+    assert calls["train"] == [] and sorted(calls["evaluate"]) == [
+        ("baseline-seed1", 3), ("kalm-easy-seed1", 3)]
+    assert res["episodes_per_level_and_seed"] == {"easy": 3}
+    ev = json.loads((root / "evaluate" / "kalm-easy-seed1" / "eval-easy.json").read_text())
+    assert ev["episodes"] == 3
+
+    old_policy = (root / "baseline-seed1" / "policy.d3").read_bytes()
+    longer = dataclasses.replace(more, steps=30)  # retrain (old folders kept aside), re-evaluate
+    calls = {"train": [], "evaluate": []}
+    res = run_compare(longer)
+    assert sorted(calls["train"]) == [("baseline-seed1", 30), ("kalm-easy-seed1", 30)]
+    assert sorted(calls["evaluate"]) == [("baseline-seed1", 3), ("kalm-easy-seed1", 3)]
+    assert res["steps"] == 30
+    assert (root / "baseline-seed1" / "policy.d3").read_bytes() != old_policy
+    moved = sorted(p.name for p in root.glob("baseline-seed1.superseded-*"))
+    assert len(moved) == 1
+    assert (root / moved[0] / "policy.d3").read_bytes() == old_policy
+    assert json.loads((root / "baseline-seed1" / "manifest.json").read_text())["steps"] == 30
+    assert (root / "baseline-seed0" / "policy.d3").exists()  # other seeds untouched

@@ -20,8 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from kalm.data.episodes import EnvSpecInfo
-from kalm.envs.registry import EnvDefinition
+from kalm.envs.base import EnvDefinition, EnvSpecInfo
 
 SIZE = 5
 TARGETS: dict[str, tuple[int, int]] = {

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import click
 
-from kalm.data.suites import BUILTIN_LEVELS
-
-SUITE_CHOICES = click.Choice([*BUILTIN_LEVELS, "all"])
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kalm")
@@ -28,8 +24,9 @@ def _fail(exc: Exception) -> None:
     sys.exit(2)
 
 
-def _policy_factory(policy: str):
-    """(factory or built-in name, env string the policy was trained for or None)."""
+def _policy_factory(policy: str, device: str = "auto"):
+    """(factory or built-in name, env string the policy was trained for or None); `device` is
+    where a grounded model (the LLM-as-policy baseline) runs."""
     import functools
 
     p = Path(policy)
@@ -41,7 +38,8 @@ def _policy_factory(policy: str):
         from kalm.eval.llm_policy import LLMPolicy
         from kalm.llm.saving import read_meta
 
-        return functools.partial(LLMPolicy, str(p)), read_meta(p)["spec"]["env"]
+        return (functools.partial(LLMPolicy, str(p), device=device),
+                read_meta(p)["spec"]["env"])
     if p.is_file() or (p / POLICY_FILE).is_file():
         return functools.partial(TrainedPolicy, str(p)), policy_env(p)
     return policy, None
@@ -121,15 +119,18 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
               help="Write the results as JSON here.")
 @click.option("--gif", type=int, default=0, show_default=True,
               help="Write GIFs of the first K episodes next to --json (or in ./eval-gifs).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where a grounded model (LLM-as-policy) runs: auto (cuda when present), cpu, "
+                   "cuda, cuda:N.")
 def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_region, json_out,
-             gif) -> None:
+             gif, device) -> None:
     """Run a policy closed-loop in the real simulator and print success per level."""
     from kalm.data.suites import SuiteError, resolve_suite
     from kalm.envs.registry import EnvError, get_env
     from kalm.eval.evaluate import evaluate_policy
     from kalm.io import write_json
 
-    factory, policy_env = _policy_factory(policy)
+    factory, policy_env = _policy_factory(policy, device)
     env = env or policy_env or "clevr"
     try:
         definition = get_env(env)
@@ -146,8 +147,8 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
     if trained_for is not None and trained_for != definition.name:
         _fail(ValueError(f"--policy {policy!r} was trained for env {policy_env!r} "
                          f"({trained_for}), not {env!r}; pass --env {policy_env}"))
-    if gif and definition.name != "clevr":
-        _fail(ValueError("--gif renders CLEVR episodes only"))
+    if gif and definition.draw_state is None:
+        _fail(ValueError(f"--gif: env {definition.name!r} has no draw_state hook"))
     try:
         goal_suite = resolve_suite(suite, suite_file, env)
         result = evaluate_policy(factory, goal_suite, episodes, seed=seed, workers=workers,
@@ -160,13 +161,13 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
         write_json(result.to_json(), json_out)
         click.echo(f"wrote {json_out}")
     if gif:
-        from kalm.envs.clevr.render import episode_gif
+        from kalm.io import save_gif
 
         folder = Path(json_out).parent if json_out else Path("eval-gifs")
         for i, ep in enumerate(result.episodes[:gif]):
             tag = "ok" if ep.success else "fail"
-            p = episode_gif(ep.observations, folder / f"episode-{i:03d}-{tag}.gif",
-                            caption=ep.instruction)
+            p = save_gif(definition.frames(ep.observations, captions=ep.instruction),
+                         folder / f"episode-{i:03d}-{tag}.gif")
             click.echo(f"wrote {p}")
 
 
@@ -179,12 +180,16 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
 def render(episodes_file, index, out, fps) -> None:
     """Render episodes of an episode file as animated GIFs (top-down view)."""
     from kalm.data.episodes import EpisodeFileError, read_episodes
-    from kalm.envs.clevr.render import episode_gif
+    from kalm.envs.registry import EnvError, get_env
+    from kalm.io import save_gif
 
     try:
         data = read_episodes(episodes_file)
-    except EpisodeFileError as exc:
+        definition = get_env(data.spec.env)
+    except (EpisodeFileError, EnvError) as exc:
         _fail(exc)
+    if definition.draw_state is None:
+        _fail(ValueError(f"{episodes_file}: env {definition.name!r} has no draw_state hook"))
     indices = list(index) or [0]
     for i in indices:
         if not 0 <= i < len(data):
@@ -197,7 +202,7 @@ def render(episodes_file, index, out, fps) -> None:
         else:
             folder = Path(out) if out else base.with_suffix("")
             path = folder / f"episode-{i:05d}.gif"
-        episode_gif(ep.observations, path, caption=ep.instruction, fps=fps)
+        save_gif(definition.frames(ep.observations, captions=ep.instruction), path, fps=fps)
         click.echo(f"wrote {path} ({ep.length} steps, success={ep.success}): {ep.instruction}")
 
 
@@ -215,15 +220,24 @@ def render(episodes_file, index, out, fps) -> None:
 @click.option("--epochs", type=float, default=None, help="Passes over the training episodes.")
 @click.option("--batch", "batch_size", type=int, default=None, help="Batch size (default 8).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast (CPU or GPU).")
+@click.option("--bf16", type=click.Choice(["auto", "on", "off"]), is_flag=False, flag_value="on",
+              default=None, help="bfloat16 autocast: --bf16 (on), --bf16 off, or --bf16 auto "
+                                 "(the default: on where a start-up probe measures it faster "
+                                 "than fp32, e.g. CUDA; off on CPUs without native bf16).")
+@click.option("--no-bf16", is_flag=True, help="Same as --bf16 off.")
 @click.option("--seed", type=int, default=None)
 @click.option("--time-limit", "time_limit_minutes", type=float, default=None,
               help="Stop after this many minutes (the model is saved as at the end).")
+@click.option("--budget", "budget_minutes", type=float, default=None,
+              help="Fit the number of steps, and so the whole learning-rate schedule, to this "
+                   "many minutes (measured step time; validation, metrics and saving included).")
+@click.option("--device", default=None,
+              help="auto (cuda when present, else cpu; the default), cpu, cuda, cuda:N.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file with GroundConfig fields (a `ground:` section or top level).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf16, seed,
-           time_limit_minutes, config_file, resume) -> None:
+def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf16, no_bf16, seed,
+           time_limit_minutes, budget_minutes, device, config_file, resume) -> None:
     """Ground a causal LM in the environment: fine-tune on the four KALM objectives.
 
     Works under `accelerate launch kalm ground ...` for several devices.
@@ -234,9 +248,13 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
     from kalm.llm.train import GroundConfig
     from kalm.llm.train import ground as run_ground
 
+    if no_bf16:
+        bf16 = "off"
     overrides = {"data": data, "out": out, "backbone": backbone, "steps": steps,
-                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "bf16": bf16,
-                 "seed": seed, "time_limit_minutes": time_limit_minutes}
+                 "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                 "bf16": {"on": True, "off": False, "auto": "auto", None: None}[bf16],
+                 "seed": seed, "time_limit_minutes": time_limit_minutes,
+                 "budget_minutes": budget_minutes, "device": device}
     try:
         if config_file:
             import yaml
@@ -288,8 +306,10 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
 @click.option("--backbone", default=None, help="Load the model onto this local backbone folder.")
 @click.option("--clamp/--no-clamp", default=None,
               help="Clamp generated states to the reachable table (default: as trained).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the model runs: auto (cuda when present), cpu, cuda, cuda:N.")
 def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, seed,
-            temperature, no_cache, filter_, filter_explanation, backbone, clamp) -> None:
+            temperature, no_cache, filter_, filter_explanation, backbone, clamp, device) -> None:
     """Imagine rollouts for a goal suite with a grounded model, labelled and quality-checked.
 
     Writes an episode file (source `imagined`) and OUT.stats.json with the match rates
@@ -308,25 +328,28 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
                         per_goal=per_goal, batch_size=batch_size, max_steps=max_steps,
                         seed=seed, temperature=temperature, use_cache=not no_cache,
                         filter=filter_, filter_explanation=filter_explanation,
-                        backbone=backbone, clamp=clamp)
+                        backbone=backbone, clamp=clamp, device=device)
     try:
         stats = run_imagine(cfg)
     except (SuiteError, BackboneError, CheckpointMismatch, FileNotFoundError, ValueError,
             RuntimeError) as exc:
         _fail(exc)
-    click.echo("| level | rollouts | self-judged match | replayed match | random replay | "
-               "out of table | exceed dynamics | interpenetration | untouched moved | "
-               "state error (m) |")
-    click.echo("|---|---|---|---|---|---|---|---|---|---|")
     def pct(v, scale=100.0, fmt=".1f", unit="%"):  # None: this env cannot produce the number
         return "n/a" if v is None else f"{scale * v:{fmt}}{unit}"
 
-    for level, r in stats["levels"].items():
+    levels = stats["levels"]
+    categories = sorted({k for r in levels.values() for k in r
+                         if k.endswith("_pct") and k != "unrealistic_rollouts_pct"})
+    units = next((r.get("state_error_units") for r in levels.values()), "")
+    click.echo("| level | rollouts | self-judged match | replayed match (diagnostic) | "
+               "random replay | " + "".join(f"{c[:-4].replace('_', ' ')} | " for c in categories)
+               + f"state error{f' ({units})' if units else ''} |")
+    click.echo("|---|---|---|---|---|" + "---|" * len(categories) + "---|")
+    for level, r in levels.items():
         click.echo(f"| {level} | {r['rollouts']} | {pct(r['self_judged_match'])} | "
                    f"{pct(r['replayed_match'])} | {pct(r['random_replay_match'])} | "
-                   f"{pct(r['out_of_table_pct'], 1)} | {pct(r['exceed_dynamics_pct'], 1)} | "
-                   f"{pct(r['interpenetration_pct'], 1)} | {pct(r['untouched_moved_pct'], 1)} | "
-                   f"{pct(r['state_error_mean_m'], 1, '.3f', '')} |")
+                   + "".join(f"{pct(r.get(c), 1)} | " for c in categories)
+                   + f"{pct(r['state_error_mean'], 1, '.3f', '')} |")
     if stats["skipped"]:
         click.echo(f"skipped {len(stats['skipped'])} goal(s): "
                    + json.dumps(stats["skipped"][:3]))

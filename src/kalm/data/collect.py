@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from kalm.data.episodes import EnvSpecInfo, Episode, EpisodeData, read_episodes, write_episodes
+from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
 from kalm.data.parallel import imap_ordered
 from kalm.data.rollout import episode_seed, run_episode
 from kalm.data.suites import GoalSuite, resolve_suite
 from kalm.envs.registry import env_kwargs, get_env, make_env
-
-CLEVR_SPEC = EnvSpecInfo(env="clevr", obs_dim=10, action_type="discrete", action_dim=40)
+from kalm.io import claim_folder
 
 
 @dataclass(frozen=True)
@@ -99,14 +98,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> EpisodeData:
     resolve_suite(cfg.suite, cfg.suite_file, cfg.env)  # fail early on a bad suite
     out = Path(cfg.out)
     parts = _parts_dir(out)
-    manifest = parts / "manifest.json"
-    identity = cfg.identity()
-    if parts.exists():
-        old = json.loads(manifest.read_text()) if manifest.exists() else None
-        if old != identity:
-            shutil.rmtree(parts)  # leftovers of a different collection: start afresh
-    parts.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(identity, sort_keys=True))
+    claim_folder(parts, cfg.identity())  # leftovers of a different collection: start afresh
 
     kept: list[Episode] = []
     attempts = 0

@@ -4,11 +4,19 @@ Layout (N episodes, T = longest episode):
   observations float32 (N, T+1, obs_dim)   s_0 .. s_len, zero after the episode
   actions      int64 (N, T) | float32 (N, T, act_dim)
   rewards      float32 (N, T)
-  terminals    bool (N, T)                 True only on a success step; a step-limit end is not
+  terminals    bool (N, T)                 what the env's `terminated` said (for RL); a step-limit
+                                           end is never terminal
+  successes    bool (N, T)                 the env's success signal per step (`info["is_success"]`);
+                                           optional (format 2): without it, successes = terminals
   lengths      int32 (N,)
   instructions (N,) utf-8;  goals (N,) JSON strings
   extras/      optional per-episode arrays (N, ...), e.g. imagination quality flags
-Attributes: env, obs_type, obs_dim, action_type, action_dim, source, kalm_version.
+Attributes: env, obs_type, obs_dim, action_type, action_dim, source, kalm_version, format
+("kalm-episodes-<version>"; a reader refuses files of a newer version than it knows).
+
+An episode succeeded when the env reported success at any of its steps. For envs that terminate
+on success (CLEVR, the toy grid) that is the last terminal; envs that never terminate (Meta-World
+style, success only in `info`) are judged by `successes`.
 """
 
 from __future__ import annotations
@@ -24,24 +32,19 @@ import h5py
 import numpy as np
 
 import kalm
+from kalm.envs.base import EnvSpecInfo
+
+__all__ = ["EnvSpecInfo", "Episode", "EpisodeData", "EpisodeFileError", "read_episodes",
+           "write_episodes"]
 
 SOURCES = ("real", "imagined")
+FORMAT_PREFIX = "kalm-episodes-"
+FORMAT_VERSION = 2  # 2: the optional `successes` dataset
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
 class EpisodeFileError(ValueError):
     """An episode file (or array set) that breaks the format; the message names file and field."""
-
-
-@dataclass(frozen=True)
-class EnvSpecInfo:
-    """What an episode file says about its environment."""
-
-    env: str
-    obs_dim: int
-    action_type: str  # "discrete" | "continuous"
-    action_dim: int  # number of actions (discrete) or action size (continuous)
-    obs_type: str = "continuous"
 
 
 @dataclass
@@ -55,14 +58,21 @@ class Episode:
     instruction: str
     goal: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
+    successes: np.ndarray | None = None  # (T,) bool, the env's success per step; None: terminals
 
     @property
     def length(self) -> int:
         return len(self.actions)
 
     @property
+    def success_steps(self) -> np.ndarray:
+        """(T,) bool: the env's success signal per step (the terminals when none was recorded)."""
+        return np.asarray(self.terminals if self.successes is None else self.successes, bool)
+
+    @property
     def success(self) -> bool:
-        return bool(self.length > 0 and self.terminals[-1])
+        """Whether the env reported success at some step of the episode."""
+        return bool(self.length > 0 and self.success_steps.any())
 
 
 @dataclass
@@ -80,6 +90,7 @@ class EpisodeData:
     source: str = "real"
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    successes: np.ndarray | None = None  # (N, T) bool; None: the terminals are the successes
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -98,6 +109,7 @@ class EpisodeData:
             instruction=self.instructions[i],
             goal=self.goals[i],
             extras={k: v[i] for k, v in self.extras.items()},
+            successes=None if self.successes is None else self.successes[i, :n],
         )
 
     def episodes(self) -> list[Episode]:
@@ -117,6 +129,7 @@ class EpisodeData:
             source=self.source,
             extras={k: v[idx] for k, v in self.extras.items()},
             attrs=dict(self.attrs),
+            successes=None if self.successes is None else self.successes[idx],
         )
 
     @classmethod
@@ -137,6 +150,7 @@ class EpisodeData:
             act = np.zeros((n, t_max, spec.action_dim), dtype=np.float32)
         rew = np.zeros((n, t_max), dtype=np.float32)
         term = np.zeros((n, t_max), dtype=bool)
+        succ = np.zeros((n, t_max), dtype=bool)
         lengths = np.zeros(n, dtype=np.int32)
         extras: dict[str, list[Any]] = {}
         for i, e in enumerate(episodes):
@@ -146,6 +160,7 @@ class EpisodeData:
             act[i, :k] = e.actions
             rew[i, :k] = e.rewards
             term[i, :k] = e.terminals
+            succ[i, :k] = e.success_steps
             for key, value in e.extras.items():
                 extras.setdefault(key, []).append(value)
         extra_arrays = {}
@@ -153,9 +168,11 @@ class EpisodeData:
             if len(values) != n:
                 raise EpisodeFileError(f"extras[{key!r}] is missing for some episodes")
             extra_arrays[key] = np.asarray(values)
+        recorded = any(e.successes is not None for e in episodes)
         data = cls(spec, obs, act, rew, term, lengths,
                    [e.instruction for e in episodes], [dict(e.goal) for e in episodes],
-                   source=source, extras=extra_arrays, attrs=dict(attrs or {}))
+                   source=source, extras=extra_arrays, attrs=dict(attrs or {}),
+                   successes=succ if recorded else None)
         data.validate("<in memory>")
         return data
 
@@ -190,12 +207,17 @@ class EpisodeData:
         act_shape = (n, t) if spec.action_type == "discrete" else (n, t, spec.action_dim)
         if self.actions.shape != act_shape:
             fail("actions", f"has shape {self.actions.shape}, expected {act_shape}")
-        for name, arr in (("rewards", self.rewards), ("terminals", self.terminals)):
+        per_step = [("rewards", self.rewards), ("terminals", self.terminals)]
+        if self.successes is not None:
+            per_step.append(("successes", self.successes))
+        for name, arr in per_step:
             if arr.shape != (n, t):
                 fail(name, f"has shape {arr.shape}, expected {(n, t)}")
         expected = {"observations": np.float32, "rewards": np.float32, "terminals": np.bool_,
                     "lengths": np.int32,
                     "actions": np.int64 if spec.action_type == "discrete" else np.float32}
+        if self.successes is not None:
+            expected["successes"] = np.bool_
         for name, dtype in expected.items():
             if getattr(self, name).dtype != dtype:
                 fail(name, f"has dtype {getattr(self, name).dtype}, expected {np.dtype(dtype)}")
@@ -222,6 +244,8 @@ class EpisodeData:
             fail("terminals", f"set before the last step in episode {bad}")
         if (self.terminals & ~valid).any():
             fail("terminals", "set after the end of an episode")
+        if self.successes is not None and (self.successes & ~valid).any():
+            fail("successes", "set after the end of an episode")
         for name, values in (("instructions", self.instructions), ("goals", self.goals)):
             if len(values) != n:
                 fail(name, f"has {len(values)} entries, expected {n}")
@@ -243,6 +267,8 @@ def write_episodes(data: EpisodeData, path: str | Path) -> Path:
             f.create_dataset("actions", data=data.actions)
             f.create_dataset("rewards", data=data.rewards)
             f.create_dataset("terminals", data=data.terminals)
+            if data.successes is not None:
+                f.create_dataset("successes", data=data.successes)
             f.create_dataset("lengths", data=data.lengths)
             f.create_dataset("instructions", data=np.array(data.instructions, dtype=object),
                              dtype=_STR)
@@ -265,7 +291,7 @@ def write_episodes(data: EpisodeData, path: str | Path) -> Path:
                 "action_dim": data.spec.action_dim,
                 "source": data.source,
                 "kalm_version": kalm.__version__,
-                "format": "kalm-episodes-1",
+                "format": f"{FORMAT_PREFIX}{FORMAT_VERSION}",
             }
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -280,6 +306,26 @@ _REQUIRED = ("observations", "actions", "rewards", "terminals", "lengths", "inst
 _REQUIRED_ATTRS = ("env", "obs_dim", "action_type", "action_dim", "source")
 
 
+def format_version(path: Path, attrs: Mapping[str, Any]) -> int:
+    """The version in a file's `format` attribute (1 for files written before it existed);
+    EpisodeFileError naming the file and the attribute when this kalm cannot read it."""
+    value = attrs.get("format")
+    if value is None:
+        return 1
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    version = text[len(FORMAT_PREFIX):] if text.startswith(FORMAT_PREFIX) else ""
+    if not version.isdigit():
+        raise EpisodeFileError(f"{path}: attribute 'format' is {text!r}, not a kalm episode "
+                               f"format ({FORMAT_PREFIX}<version>)")
+    if int(version) > FORMAT_VERSION:
+        writer = attrs.get("kalm_version", "a newer kalm")
+        raise EpisodeFileError(
+            f"{path}: attribute 'format' is {text!r} (written by kalm {writer}), newer than "
+            f"this kalm {kalm.__version__} reads (up to {FORMAT_PREFIX}{FORMAT_VERSION}); "
+            "upgrade kalm to read it")
+    return int(version)
+
+
 def read_episodes(path: str | Path) -> EpisodeData:
     """Read and validate an episode file; every problem names the file and the field."""
     path = Path(path)
@@ -290,6 +336,7 @@ def read_episodes(path: str | Path) -> EpisodeData:
     except OSError as exc:
         raise EpisodeFileError(f"{path}: not a readable HDF5 file ({exc})") from None
     with f:
+        format_version(path, f.attrs)  # before anything else: a newer layout may differ
         for key in _REQUIRED:
             if key not in f:
                 raise EpisodeFileError(f"{path}: missing dataset '{key}'")
@@ -329,6 +376,7 @@ def read_episodes(path: str | Path) -> EpisodeData:
             source=str(f.attrs["source"]),
             extras=extras,
             attrs={k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()},
+            successes=f["successes"][()] if "successes" in f else None,
         )
     data.validate(str(path))
     return data

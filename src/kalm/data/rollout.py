@@ -3,81 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from kalm.data.episodes import Episode
+from kalm.envs.base import BatchPolicy, Policy, RandomAgent, can_act_batch, random_action
+
+__all__ = ["BatchPolicy", "EpisodeTask", "Policy", "RandomAgent", "can_act_batch",
+           "episode_seed", "random_action", "reset_unsolved", "run_episode", "run_episodes"]
 
 MAX_RESETS = 100  # redraws of the scene when the goal already holds at the start
-
-
-class Policy(Protocol):
-    """What a policy gives kalm: told the goal at the start, then one action per observation."""
-
-    def begin(self, env: gym.Env, goal: Mapping[str, Any], instruction: str) -> None: ...
-
-    def act(self, obs: np.ndarray) -> int | np.ndarray: ...
-
-
-class ExpertAgent:
-    """The scripted expert behind the Policy interface (it reads the live simulator)."""
-
-    name = "expert"
-
-    def __init__(self, lookahead: bool = True) -> None:
-        self.lookahead = lookahead
-        self._expert = None
-        self._env: gym.Env | None = None
-        self._goal: Mapping[str, Any] = {}
-
-    def begin(self, env: gym.Env, goal: Mapping[str, Any], instruction: str) -> None:
-        from kalm.envs.clevr.expert import ExpertPolicy
-
-        if self._expert is None or self._env is not env:
-            self._expert = ExpertPolicy(env, lookahead=self.lookahead)
-            self._env = env
-        self._expert.reset()
-        self._goal = goal
-
-    def act(self, obs: np.ndarray) -> int:
-        assert self._expert is not None, "begin() must be called before act()"
-        return int(self._expert.act(self._goal))
-
-
-class RandomAgent:
-    """Uniformly random actions: the floor every success rate is read against."""
-
-    name = "random"
-
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-        self._space: gym.Space | None = None
-
-    def begin(self, env: gym.Env, goal: Mapping[str, Any], instruction: str) -> None:
-        self._space = env.action_space
-
-    def act(self, obs: np.ndarray) -> int | np.ndarray:
-        if self._space is None:
-            raise RuntimeError("begin() must be called before act()")
-        return random_action(self._space, self.rng)
-
-
-def random_action(space: gym.Space, rng: np.random.Generator) -> int | np.ndarray:
-    """A uniform action from `rng` (Discrete: an int; Box: a float32 vector)."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.start) + int(rng.integers(int(space.n)))
-    if isinstance(space, gym.spaces.Box):
-        return rng.uniform(space.low, space.high).astype(np.float32)
-    raise TypeError(f"no random actions for {type(space).__name__} action spaces")
-
-
-def make_builtin_policy(name: str, seed: int = 0, env: str = "clevr") -> Policy:
-    """A built-in behaviour policy of `env` by name (`random` for every env)."""
-    from kalm.envs.registry import get_env
-
-    return get_env(env).policy(name, seed)
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -103,6 +41,52 @@ def reset_unsolved(
     raise RuntimeError(f"could not draw a scene where goal {goal} does not already hold")
 
 
+class _Recorder:
+    """One running episode: what `run_episode` keeps, step by step."""
+
+    def __init__(self, obs: np.ndarray, goal: dict[str, Any], instruction: str,
+                 discrete: bool) -> None:
+        self.goal, self.instruction, self.discrete = goal, instruction, discrete
+        self.obs = obs
+        self.observations = [obs]
+        self.actions: list[Any] = []
+        self.rewards: list[float] = []
+        self.terminals: list[bool] = []
+        self.successes: list[bool] = []
+
+    def step(self, env: gym.Env, action: Any) -> bool:
+        """Take `action`; True when the episode ended (terminated or truncated)."""
+        action = int(action) if self.discrete else np.asarray(action, dtype=np.float32)
+        obs, reward, terminated, truncated, info = env.step(action)
+        self.obs = obs
+        self.observations.append(obs)
+        self.actions.append(action)
+        self.rewards.append(float(reward))
+        self.terminals.append(bool(terminated))
+        # the env's success signal; envs that do not report one succeed by terminating
+        self.successes.append(bool(info.get("is_success", terminated)))
+        return bool(terminated or truncated)
+
+    def episode(self) -> Episode:
+        return Episode(
+            observations=np.asarray(self.observations, dtype=np.float32),
+            actions=np.asarray(self.actions, dtype=np.int64 if self.discrete else np.float32),
+            rewards=np.asarray(self.rewards, dtype=np.float32),
+            terminals=np.asarray(self.terminals, dtype=bool),
+            instruction=self.instruction,
+            goal=self.goal,
+            successes=np.asarray(self.successes, dtype=bool),
+        )
+
+
+def _start(env: gym.Env, policy: Policy, goal: Mapping[str, Any], instruction: str, seed: int,
+           init: Sequence[float] | None) -> _Recorder:
+    obs, info = reset_unsolved(env, goal, instruction, seed, init)
+    goal = dict(info.get("goal", goal))  # the env's normalised copy when it reports one
+    policy.begin(env, goal, instruction)
+    return _Recorder(obs, goal, instruction, isinstance(env.action_space, gym.spaces.Discrete))
+
+
 def run_episode(
     env: gym.Env,
     policy: Policy,
@@ -113,34 +97,58 @@ def run_episode(
     epsilon: float = 0.0,
     rng: np.random.Generator | None = None,
 ) -> Episode:
-    """Run `policy` (with probability `epsilon` a random action instead) until success or limit."""
-    obs, info = reset_unsolved(env, goal, instruction, seed, init)
-    goal = dict(info.get("goal", goal))  # the env's normalised copy when it reports one
-    policy.begin(env, goal, instruction)
+    """Run `policy` (with probability `epsilon` a random action instead) until the env
+    terminates or truncates. Terminals are the env's `terminated`; successes its
+    `info["is_success"]` per step."""
+    rec = _start(env, policy, goal, instruction, seed, init)
     rng = rng if rng is not None else np.random.default_rng(seed)
-    discrete = isinstance(env.action_space, gym.spaces.Discrete)
-    observations = [obs]
-    actions: list[Any] = []
-    rewards: list[float] = []
-    terminals: list[bool] = []
     while True:
-        action = policy.act(obs)
+        action = policy.act(rec.obs)
         if epsilon > 0 and rng.random() < epsilon:
-            action = (int(rng.integers(env.action_space.n)) if discrete
+            action = (int(rng.integers(env.action_space.n)) if rec.discrete
                       else random_action(env.action_space, rng))
-        action = int(action) if discrete else np.asarray(action, dtype=np.float32)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        observations.append(obs)
-        actions.append(action)
-        rewards.append(float(reward))
-        terminals.append(bool(terminated))
-        if terminated or truncated:
-            break
-    return Episode(
-        observations=np.asarray(observations, dtype=np.float32),
-        actions=np.asarray(actions, dtype=np.int64 if discrete else np.float32),
-        rewards=np.asarray(rewards, dtype=np.float32),
-        terminals=np.asarray(terminals, dtype=bool),
-        instruction=instruction,
-        goal=goal,
-    )
+        if rec.step(env, action):
+            return rec.episode()
+
+
+@dataclass(frozen=True)
+class EpisodeTask:
+    """What `run_episode` is told about one episode (no exploration)."""
+
+    goal: Mapping[str, Any]
+    instruction: str
+    seed: int
+    init: Sequence[float] | None = None
+
+
+def run_episodes(envs: Sequence[gym.Env], policy: BatchPolicy, tasks: Sequence[EpisodeTask]
+                 ) -> list[Episode]:
+    """Run `tasks` on the envs side by side: each step one `act_batch` over the running
+    episodes; an env that finishes its episode starts the next task. Episode i is the one
+    `run_episode(env, policy, **tasks[i])` gives (each env is reset with its task's seed)."""
+    if not envs:
+        raise ValueError("run_episodes needs at least one env")
+    out: list[Episode | None] = [None] * len(tasks)
+    queue = iter(enumerate(tasks))
+    running: dict[int, tuple[int, _Recorder]] = {}
+
+    def start(slot: int) -> None:
+        item = next(queue, None)
+        if item is None:
+            running.pop(slot, None)
+            return
+        i, t = item
+        running[slot] = (i, _start(envs[slot], policy, t.goal, t.instruction, t.seed, t.init))
+
+    for slot in range(min(len(envs), len(tasks))):
+        start(slot)
+    while running:
+        slots = list(running)
+        recs = [running[s][1] for s in slots]
+        actions = policy.act_batch(np.stack([np.asarray(r.obs) for r in recs]),
+                                   [r.goal for r in recs], [r.instruction for r in recs])
+        for slot, rec, action in zip(slots, recs, actions, strict=True):
+            if rec.step(envs[slot], action):
+                out[running[slot][0]] = rec.episode()
+                start(slot)
+    return out  # type: ignore[return-value]

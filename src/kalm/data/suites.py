@@ -12,7 +12,10 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kalm.envs.registry import EnvLike
 
 BUILTIN_LEVELS = ("train", "rephrase", "easy", "hard")  # CLEVR's; other envs name their own
 _LINE_KEYS = {"instruction", "level", "goal", "init"}
@@ -145,13 +148,13 @@ def load_suite(
     path: str | Path,
     validate_goal: Callable[[Any], dict[str, Any]] | None = None,
     obs_dim: int | None = None,
-    env: str = "clevr",
+    env: EnvLike = "clevr",
 ) -> GoalSuite:
     """Load and validate a JSONL suite file with `env`'s goal checker (unless one is given)."""
     if validate_goal is None or obs_dim is None:
-        from kalm.envs.registry import get_env
+        from kalm.envs.registry import resolve_env
 
-        definition = get_env(env)
+        definition = resolve_env(env)
         validate_goal = validate_goal or definition.validate_goal
         obs_dim = obs_dim or definition.spec.obs_dim
     path = Path(path)
@@ -162,11 +165,11 @@ def load_suite(
     return GoalSuite(entries, name=path.stem)
 
 
-def builtin_suite_path(level: str, env: str = "clevr") -> Path:
+def builtin_suite_path(level: str, env: EnvLike = "clevr") -> Path:
     """The file of one of `env`'s built-in suites."""
-    from kalm.envs.registry import get_env
+    from kalm.envs.registry import resolve_env
 
-    definition = get_env(env)
+    definition = resolve_env(env)
     path = definition.suite_path(level)
     if path is None:
         names = ", ".join((*definition.levels, "all")) if definition.levels else "none"
@@ -175,23 +178,25 @@ def builtin_suite_path(level: str, env: str = "clevr") -> Path:
     return path
 
 
-def load_builtin_suite(level: str, env: str = "clevr") -> GoalSuite:
+def load_builtin_suite(level: str, env: EnvLike = "clevr") -> GoalSuite:
     """One built-in suite of `env`, or `all` for all of them together."""
-    if level == "all":
-        from kalm.envs.registry import get_env
+    from kalm.envs.registry import resolve_env
 
-        levels = get_env(env).levels
+    definition = resolve_env(env)
+    if level == "all":
+        levels = definition.levels
         if not levels:
-            raise SuiteError(f"env {env!r} has no built-in suites; use --suite-file")
+            raise SuiteError(f"env {definition.name!r} has no built-in suites; use --suite-file")
         entries: list[SuiteEntry] = []
         for name in levels:
-            entries.extend(load_suite(builtin_suite_path(name, env), env=env).entries)
+            entries.extend(load_suite(builtin_suite_path(name, definition),
+                                      env=definition).entries)
         return GoalSuite(entries, name="all")
-    return load_suite(builtin_suite_path(level, env), env=env)
+    return load_suite(builtin_suite_path(level, definition), env=definition)
 
 
 def resolve_suite(suite: str | None, suite_file: str | Path | None,
-                  env: str = "clevr") -> GoalSuite:
+                  env: EnvLike = "clevr") -> GoalSuite:
     """The suite named on the command line: a file wins over a built-in name."""
     if suite_file is not None:
         return load_suite(suite_file, env=env)

@@ -12,175 +12,19 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from kalm.data.episodes import EnvSpecInfo
+from kalm.envs.base import EnvDefinition, EnvError
 
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from kalm.data.rollout import Policy
-    from kalm.llm.model import RolloutSpec
+__all__ = ["BUILTIN_ENVS", "EnvDefinition", "EnvError", "EnvLike", "env_kwargs", "find_env",
+           "get_env", "make_env", "resolve_env"]
 
 BUILTIN_ENVS = ("clevr",)
 _FORMS = "'clevr', 'package.module:ATTR' or 'path/to/file.py:ATTR'"
-
-
-class EnvError(ValueError):
-    """An env string that does not lead to a usable EnvDefinition; the message names it."""
-
-
-def _takes(fn: Callable[..., Any], n: int) -> bool:
-    """Whether `fn` can be called with n positional arguments (hooks may take fewer)."""
-    try:
-        inspect.signature(fn).bind(*range(n))
-    except TypeError:
-        return False
-    except ValueError:  # no signature (some builtins): assume the full form
-        return True
-    return True
-
-
-@dataclass(frozen=True)
-class EnvDefinition:
-    """Everything kalm asks of an environment, as plain functions.
-
-    - `spec`: obs_dim, action_type, action_dim of the episode files (`spec.env` is replaced by
-      the env string the user passed);
-    - `state_low` / `state_high`: per observation dimension, the box generated states are
-      clamped to (also stored in the rollout model);
-    - `make(**kwargs)`: a gymnasium env; `reset(seed=, options={"goal", "instruction", "init"})`
-      returns `info["is_success"]`, `step` terminates on success and truncates at the goal's
-      step limit;
-    - `validate_goal(goal) -> goal`: checks and normalises a goal dict (ValueError naming the
-      field); `is_success(goal, obs[, prev_obs, action])`; `max_steps(goal)`;
-    - `episode_rewards(goal, observations[, actions])`: rewards of an episode (T,), used to label
-      imagined rollouts exactly like the env labels real ones;
-    - `suites`: built-in goal suites, level -> JSONL path;
-    - `policies`: built-in behaviour policies, name -> factory(seed) (`"random"` is added);
-    - optional hooks (None when absent): `explanation_correct(text, goal)` for the grounding
-      metric and the explanation filter; `set_state(env, obs)` to put the simulator in an
-      observed state, for replaying imagined actions in imagination quality checks.
-    """
-
-    name: str
-    spec: EnvSpecInfo
-    state_low: Sequence[float]
-    state_high: Sequence[float]
-    make: Callable[..., gym.Env]
-    validate_goal: Callable[[Any], dict[str, Any]]
-    is_success: Callable[..., bool]
-    max_steps: Callable[[Mapping[str, Any]], int]
-    episode_rewards: Callable[..., Any]
-    suites: Mapping[str, str | Path] = field(default_factory=dict)
-    policies: Mapping[str, Callable[[int], Policy]] = field(default_factory=dict)
-    explanation_correct: Callable[[str, Mapping[str, Any]], bool] | None = None
-    set_state: Callable[[gym.Env, np.ndarray], None] | None = None
-
-    def __post_init__(self) -> None:
-        s = self.spec
-        if not isinstance(s, EnvSpecInfo):
-            raise TypeError(f"env {self.name!r}: spec must be a kalm.data.episodes.EnvSpecInfo")
-        if s.obs_dim < 1 or s.action_dim < 1:
-            raise ValueError(f"env {self.name!r}: obs_dim and action_dim must be at least 1")
-        if s.action_type not in ("discrete", "continuous"):
-            raise ValueError(f"env {self.name!r}: action_type must be 'discrete' or "
-                             f"'continuous', got {s.action_type!r}")
-        low = tuple(float(v) for v in self.state_low)
-        high = tuple(float(v) for v in self.state_high)
-        for label, v in (("state_low", low), ("state_high", high)):
-            if len(v) != s.obs_dim:
-                raise ValueError(f"env {self.name!r}: {label} has {len(v)} values, "
-                                 f"expected obs_dim={s.obs_dim}")
-        if any(lo > hi for lo, hi in zip(low, high, strict=True)):
-            raise ValueError(f"env {self.name!r}: state_low exceeds state_high somewhere")
-        object.__setattr__(self, "state_low", low)
-        object.__setattr__(self, "state_high", high)
-        for hook in ("make", "validate_goal", "is_success", "max_steps", "episode_rewards"):
-            if not callable(getattr(self, hook)):
-                raise TypeError(f"env {self.name!r}: {hook} must be callable")
-
-    # ------------------------------------------------------------------ specs
-    def episode_spec(self, env: str | None = None) -> EnvSpecInfo:
-        """The spec written to episode files, carrying the env string that finds this env."""
-        return replace(self.spec, env=env or self.spec.env)
-
-    def rollout_spec(self, env: str | None = None) -> RolloutSpec:
-        from kalm.llm.model import RolloutSpec
-
-        s = self.episode_spec(env)
-        return RolloutSpec(s.env, s.obs_dim, s.action_type, s.action_dim,
-                           tuple(self.state_low), tuple(self.state_high))
-
-    # ------------------------------------------------------------------ uniform calls
-    @cached_property
-    def _success_takes_action(self) -> bool:
-        return _takes(self.is_success, 4)
-
-    @cached_property
-    def _rewards_take_actions(self) -> bool:
-        return _takes(self.episode_rewards, 3)
-
-    def success(self, goal: Mapping[str, Any], obs: Any, prev: Any = None,
-                action: Any = None) -> bool:
-        """`is_success` with the (goal, obs, prev, action) signature the decoder uses."""
-        if self._success_takes_action:
-            return bool(self.is_success(goal, obs, prev, action))
-        return bool(self.is_success(goal, obs))
-
-    def labels(self, goal: Mapping[str, Any], observations: np.ndarray,
-               actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards (from `episode_rewards`) and terminals (success per step) of an episode."""
-        obs = np.asarray(observations, dtype=np.float64)
-        acts = np.asarray(actions)
-        out = (self.episode_rewards(goal, obs, acts) if self._rewards_take_actions
-               else self.episode_rewards(goal, obs))
-        if isinstance(out, tuple):  # (rewards, terminals) is accepted too; terminals recomputed
-            out = out[0]
-        rewards = np.asarray(out, dtype=np.float32).reshape(-1)
-        if rewards.shape != (len(acts),):
-            raise ValueError(f"env {self.name!r}: episode_rewards returned {rewards.shape[0]} "
-                             f"rewards for {len(acts)} actions")
-        terminals = np.array([self.success(goal, obs[t + 1], obs[t], _item(acts[t]))
-                              for t in range(len(acts))], dtype=bool)
-        return rewards, terminals
-
-    def suite_path(self, level: str) -> Path | None:
-        """The built-in suite file of `level`, or None when this env has no such suite."""
-        p = self.suites.get(level)
-        return Path(p) if p is not None else None
-
-    @property
-    def levels(self) -> tuple[str, ...]:
-        return tuple(self.suites)
-
-    @property
-    def policy_names(self) -> tuple[str, ...]:
-        """Built-in behaviour policies (always including "random")."""
-        return tuple(sorted({*self.policies, "random"}))
-
-    def policy(self, name: str, seed: int = 0) -> Policy:
-        """A built-in behaviour policy by name (`"random"` for every env)."""
-        factories = dict(self.policies)
-        if "random" not in factories:
-            from kalm.data.rollout import RandomAgent
-
-            factories["random"] = RandomAgent
-        if name not in factories:
-            raise ValueError(f"env {self.name!r} has no built-in policy {name!r}; expected one "
-                             f"of {', '.join(sorted(factories))}")
-        return factories[name](seed)
-
-
-def _item(a: Any) -> Any:
-    a = np.asarray(a)
-    return int(a) if a.ndim == 0 and a.dtype.kind in "iub" else a
 
 
 # ---------------------------------------------------------------------- lookup
@@ -237,6 +81,15 @@ def get_env(name: str) -> EnvDefinition:
                        "kalm.envs.registry.EnvDefinition (see docs/custom-env.md)")
     _CACHE[(key, attr)] = obj
     return obj
+
+
+EnvLike = str | EnvDefinition  # an env string, or a definition a caller already resolved
+
+
+def resolve_env(env: EnvLike) -> EnvDefinition:
+    """The definition itself, or the one an env string names: commands resolve once and pass
+    the definition down; strings remain for what crosses a process or a file."""
+    return env if isinstance(env, EnvDefinition) else get_env(env)
 
 
 def find_env(name: str) -> EnvDefinition | None:

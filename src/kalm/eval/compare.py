@@ -2,14 +2,22 @@
 
 For each seed: one baseline policy on real data, evaluated on every level; for each level with
 imagined data, one KALM policy on real + imagined (1:1 per batch), evaluated on that level.
-Finished runs (policy and evaluation JSON present) are skipped, so the command resumes.
-Outputs: results.json, results.md (mean +- std over seeds) and a bar plot like the paper's Fig. 4.
+
+Layout: OUT/<policy>/ (policy.d3, checkpoints, logs) and OUT/evaluate/<policy>/eval-LEVEL.json.
+Every policy folder and every evaluation folder holds a `manifest.json` naming what made it
+(training: the data files' SHA-256, algorithm config, steps, seed, ratio; evaluation: the
+policy file's SHA-256, levels and episodes, seed, suite, env). A rerun reuses or resumes a folder
+whose manifest matches; a policy folder made for another config is moved aside to
+`<policy>.superseded-<hash>` and retrained, an evaluation folder made for another policy or
+config is replaced. Outputs: results.json, results.md (mean +- std over seeds) and a bar plot
+like the paper's Fig. 4.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +25,12 @@ import numpy as np
 
 from kalm.data.suites import load_builtin_suite, resolve_suite
 from kalm.eval.evaluate import evaluate_policy
-from kalm.io import write_json, write_text_atomic
+from kalm.io import claim_folder, file_sha256, write_json, write_text_atomic
 from kalm.rl.algos import AlgoConfig
 from kalm.rl.train import TrainConfig, TrainedPolicy, train_policy
 
 LEVEL_ORDER = ("train", "rephrase", "easy", "hard")
+EVALUATE = "evaluate"  # OUT/evaluate/<policy>/eval-LEVEL.json
 
 
 def ordered_levels(levels) -> list[str]:
@@ -60,31 +69,75 @@ def policy_runs(cfg: CompareConfig, seed: int) -> list[tuple[str, str | None]]:
         (f"kalm-{level}-seed{seed}", level) for level in cfg.imagined]
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def file_identity(path: str | Path) -> str:
+    """SHA-256 of a file's content (cached while its size and mtime stay the same)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def policy_train_config(cfg: CompareConfig, seed: int, level: str | None, folder: Path
+                        ) -> TrainConfig:
+    imagined = [cfg.imagined[level]] if level else []
+    return TrainConfig(real=cfg.real, out=str(folder), imagined=imagined,
+                       algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
+                       imagined_ratio=cfg.imagined_ratio, save_every=max(1, cfg.steps // 10))
+
+
+def train_identity(tc: TrainConfig) -> dict[str, Any]:
+    """What decides a trained policy (not where its files are, nor how often it checkpoints:
+    resuming is exact)."""
+    return {"kind": "kalm train", "real": file_identity(tc.real),
+            "imagined": [file_identity(p) for p in tc.imagined], "algo": asdict(tc.algo),
+            "steps": tc.steps, "seed": tc.seed,
+            "imagined_ratio": tc.imagined_ratio if tc.imagined else None,
+            "text_encoder": tc.text_encoder}
+
+
 def train_seed(cfg: CompareConfig, root: Path, seed: int, progress: bool = True) -> list[Path]:
-    """Train (or resume, or skip when finished) the baseline and every KALM policy of a seed."""
+    """Train (or resume, or reuse when finished) the baseline and every KALM policy of a seed;
+    a policy folder made for another config is moved aside first (see the module doc)."""
     out = []
     for name, level in policy_runs(cfg, seed):
         folder = root / name
+        tc = policy_train_config(cfg, seed, level, folder)
+        claim_folder(folder, train_identity(tc), stale="move")
         if not (folder / "policy.d3").exists():
-            imagined = [cfg.imagined[level]] if level else []
-            train_policy(TrainConfig(real=cfg.real, out=str(folder), imagined=imagined,
-                                     algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
-                                     imagined_ratio=cfg.imagined_ratio,
-                                     save_every=max(1, cfg.steps // 10)),
-                         resume=True, progress=progress)
+            train_policy(tc, resume=True, progress=progress)
         out.append(folder)
     return out
+
+
+def level_episodes(cfg: CompareConfig, level: str) -> int:
+    return cfg.easy_episodes if level == "easy" else cfg.episodes
+
+
+def eval_identity(cfg: CompareConfig, policy_dir: Path, levels: list[str]) -> dict[str, Any]:
+    """What decides a policy's evaluation results (the suite files by content)."""
+    from kalm.envs.registry import get_env
+    from kalm.rl.train import POLICY_FILE
+
+    if cfg.suite_file:
+        suite: Any = file_identity(cfg.suite_file)
+    else:
+        definition = get_env(cfg.env)
+        suite = {lv: file_identity(p) if (p := definition.suite_path(lv)) else None
+                 for lv in levels}
+    return {"kind": "kalm evaluate", "policy": file_identity(policy_dir / POLICY_FILE),
+            "levels": {lv: level_episodes(cfg, lv) for lv in levels}, "seed": cfg.eval_seed,
+            "suite": suite, "env": cfg.env, "init_region": "paper"}
 
 
 def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> dict[str, Any]:
     if out.exists():
         return json.loads(out.read_text())
-    import functools
-
-    n = cfg.easy_episodes if level == "easy" else cfg.episodes
     res = evaluate_policy(functools.partial(TrainedPolicy, str(policy_dir)), _suite(cfg, level),
-                          n, seed=cfg.eval_seed, workers=cfg.workers, name=str(policy_dir),
-                          env=cfg.env)
+                          level_episodes(cfg, level), seed=cfg.eval_seed, workers=cfg.workers,
+                          name=str(policy_dir), env=cfg.env)
     result = res.to_json()["levels"][level]
     write_json(result, out)
     return result
@@ -102,10 +155,16 @@ def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
                   ) -> dict[str, dict[str, dict[str, Any]]]:
     """Evaluate one seed's policies: the baseline on every level, each KALM policy on its level.
 
-    Results go to OUT/<policy>/eval-<level>.json; existing ones are reused (resume)."""
+    Results go to OUT/<policy>/eval-<level>.json. A folder whose manifest matches (same policy
+    file, levels, episodes, seed, suite) keeps its results (resume); any other is replaced."""
     results: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "kalm": {}}
-    for method, name, lv in evaluations(cfg, seed):
-        results[method][lv] = _evaluate(cfg, policies / name, lv, out / name / f"eval-{lv}.json")
+    for name, level in policy_runs(cfg, seed):
+        levels = cfg.levels if level is None else [level]
+        folder = out / name
+        claim_folder(folder, eval_identity(cfg, policies / name, levels), stale="remove")
+        method = "baseline" if level is None else "kalm"
+        for lv in levels:
+            results[method][lv] = _evaluate(cfg, policies / name, lv, folder / f"eval-{lv}.json")
     return results
 
 
@@ -135,7 +194,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     per_seed = {}
     for seed in cfg.seeds:
         train_seed(cfg, root, seed)
-        per_seed[seed] = evaluate_seed(cfg, root, root, seed)
+        per_seed[seed] = evaluate_seed(cfg, root, root / EVALUATE, seed)
     summary = summarize(cfg, per_seed)
     write_summary(summary, root)
     return summary

@@ -1,11 +1,18 @@
 """Closed-loop evaluation of a policy in the real simulator, per goal level.
 
 Episode i takes goal i mod G of the suite (per level), one paraphrase drawn per episode, the
-suite's `init` or a reset seeded by (seed, i), and success by the same checks as everywhere.
+suite's `init` or a reset seeded by (seed, i), and success by the env's own signal
+(`info["is_success"]` at some step; envs that never terminate still count).
+
+Policies with a batched `act_batch` (trained policies) step `vector_envs` environments per
+worker side by side with one forward pass per step across them; other policies (the expert,
+which reads the live simulator, the LLM baseline) run one episode at a time. Both give the same
+episodes for the same seed.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +22,14 @@ from tqdm import tqdm
 
 from kalm.data.episodes import Episode
 from kalm.data.parallel import imap_ordered
-from kalm.data.rollout import Policy, episode_seed, run_episode
+from kalm.data.rollout import (
+    EpisodeTask,
+    Policy,
+    can_act_batch,
+    episode_seed,
+    run_episode,
+    run_episodes,
+)
 from kalm.data.suites import GoalSuite, SuiteEntry
 from kalm.eval.stats import wilson_interval
 from kalm.io import write_json  # noqa: F401  (re-exported for callers)
@@ -84,24 +98,55 @@ def plan_episodes(suite: GoalSuite, episodes: int, seed: int) -> list[EvalTask]:
 
 PolicyFactory = Callable[[], Policy]
 _WORKER: dict[str, Any] = {}
+VECTOR_ENVS = 16  # environments stepped side by side per worker (batched policies)
 
 
-def _run_batch(args: tuple[PolicyFactory | str, list[EvalTask], int, str, str]
-               ) -> list[Episode]:
-    factory, tasks, seed, init_region, env_name = args
-    key = f"{factory!r}|{seed}|{init_region}|{env_name}"
+@dataclass(frozen=True)
+class _Work:
+    policy: PolicyFactory | str
+    tasks: list[EvalTask]
+    seed: int
+    init_region: str
+    env: str
+    vector_envs: int
+    instructions: tuple[str, ...]  # every instruction of the evaluation (for `prepare`)
+    call: str  # one evaluate_policy call: a policy is loaded afresh for each (it may have
+    #            been retrained in the same folder since a pooled worker last loaded it)
+
+
+def _run_batch(work: _Work) -> list[Episode]:
+    from kalm.envs.registry import get_env, make_env
+
+    factory, tasks, seed, init_region = work.policy, work.tasks, work.seed, work.init_region
+    env_key = f"{work.env}|{init_region}"
+    if _WORKER.get("env_key") != env_key:
+        _WORKER.clear()
+        definition = get_env(work.env)  # workers look the env up again from its string
+        _WORKER.update(env_key=env_key, definition=definition,
+                       envs=[make_env(definition, init_region)])
+    key = f"{work.call}|{factory!r}|{seed}"
     if _WORKER.get("key") != key:
-        from kalm.envs.registry import get_env, make_env
-
-        definition = get_env(env_name)  # workers look the env up again from its string
-        policy = definition.policy(factory, seed) if isinstance(factory, str) else factory()
-        _WORKER.update(key=key, env=make_env(definition, init_region), policy=policy)
-    env, policy = _WORKER["env"], _WORKER["policy"]
+        _WORKER.pop("policy", None)  # drop the previous policy first
+        definition = _WORKER["definition"]
+        _WORKER["policy"] = (definition.policy(factory, seed) if isinstance(factory, str)
+                             else factory())
+        _WORKER["key"] = key
+    envs, policy, vector_envs = _WORKER["envs"], _WORKER["policy"], work.vector_envs
+    if callable(getattr(policy, "prepare", None)):
+        # embeddings etc. for the whole evaluation in one go, the same on every path
+        policy.prepare(work.instructions)
+    if vector_envs > 1 and can_act_batch(policy):
+        width = min(vector_envs, len(tasks))
+        while len(envs) < width:
+            envs.append(make_env(_WORKER["definition"], init_region))
+        return run_episodes(envs[:width], policy, [
+            EpisodeTask(t.entry.goal, t.entry.instruction, t.seed, t.entry.init)
+            for t in tasks])
     out = []
     for t in tasks:
         if hasattr(policy, "rng"):
             policy.rng = np.random.default_rng(t.seed + 1)
-        ep = run_episode(env, policy, t.entry.goal, t.entry.instruction, seed=t.seed,
+        ep = run_episode(envs[0], policy, t.entry.goal, t.entry.instruction, seed=t.seed,
                          init=t.entry.init)
         out.append(ep)
     return out
@@ -117,9 +162,12 @@ def evaluate_policy(
     progress: bool = True,
     name: str | None = None,
     env: str = "clevr",
+    vector_envs: int = VECTOR_ENVS,
 ) -> EvalResult:
     """Success per level in `env`. `policy` is a built-in policy name of the env or a picklable
-    zero-argument factory."""
+    zero-argument factory. `vector_envs` > 1 steps that many envs per worker with batched
+    forward passes when the policy has `act_batch` (1: one episode at a time); the episodes
+    are the same either way."""
     from kalm.envs.registry import env_kwargs, get_env
 
     if episodes < 1:
@@ -128,14 +176,22 @@ def evaluate_policy(
     env_kwargs(definition, init_region)
     if isinstance(policy, str):
         definition.policy(policy, seed)
+    if vector_envs < 1:
+        raise ValueError("vector_envs must be at least 1")
     tasks = plan_episodes(suite, episodes, seed)
-    batch = 10
+    # work items: enough episodes to keep `vector_envs` envs busy, few enough to share them
+    # out over the workers
+    batch = max(10, min(4 * vector_envs, -(-len(tasks) // max(1, workers))))
     batches = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
     levels: dict[str, LevelResult] = {lvl: LevelResult() for lvl in suite.levels}
     all_eps: list[Episode] = []
     bar = tqdm(total=len(tasks), desc="evaluate", unit="ep", disable=not progress)
-    work = ((policy, b, seed, init_region, env) for b in batches)
-    for b, eps in zip(batches, imap_ordered(_run_batch, work, workers), strict=True):
+    instructions = tuple(sorted({t.entry.instruction for t in tasks}))
+    call = uuid.uuid4().hex
+    work = (_Work(policy, b, seed, init_region, env, vector_envs, instructions, call)
+            for b in batches)
+    results = imap_ordered(_run_batch, work, workers, persistent=True)
+    for b, eps in zip(batches, results, strict=True):
         for t, ep in zip(b, eps, strict=True):
             r = levels[t.level]
             r.episodes += 1

@@ -3,7 +3,8 @@
 a_t = argmax ActionHead(goal prompt, s_0, a_0, ..., s_t), with the real environment supplying
 the states. The prompt is encoded once; each step extends the KV cache by the executed action
 and the observed state. Works in any env the model was grounded on (continuous action heads
-give the action vector itself).
+give the action vector itself). The model runs on `device` (auto = CUDA when present); the
+observations are moved to it, the chosen action comes back to the host.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import torch
 class LLMPolicy:
     name = "llm"
 
-    def __init__(self, model_dir: str | Path, model=None) -> None:
+    def __init__(self, model_dir: str | Path, model=None, device: str = "auto") -> None:
+        from kalm.llm.device import resolve_device
         from kalm.llm.prompts import PromptBuilder
         from kalm.llm.saving import load_rollout_model
 
         self.model = model if model is not None else load_rollout_model(model_dir)[0]
+        if model is None or device != "auto":  # a model handed in stays where it is
+            self.model.to(resolve_device(device))
         self.model.eval()
         self.builder = PromptBuilder(self.model.tokenizer)
         self._decoder = None
@@ -43,28 +47,31 @@ class LLMPolicy:
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> int | np.ndarray:
         from kalm.llm.batching import collate
+        from kalm.llm.device import model_device, to_device
         from kalm.llm.generate import _Decoder
 
         m = self.model
-        state = torch.as_tensor(np.asarray(obs, dtype=np.float32))[None]
+        device = model_device(m)
+        host = np.asarray(obs, dtype=np.float32)
+        state = torch.as_tensor(host)[None].to(device)
         if self._decoder is None:
             seq = self.builder.rollout_prompt(self._instruction)
-            self.builder.state(seq, state[0].numpy())
+            self.builder.state(seq, host)
             spec = m.spec
-            b = collate([seq], self.builder.pad_id, spec.obs_dim, spec.action_type,
-                        spec.action_dim)
+            b = to_device(collate([seq], self.builder.pad_id, spec.obs_dim, spec.action_type,
+                                  spec.action_dim), device)
             x = m.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
                         b["action_in"])
             self._decoder = _Decoder(m, x, b["attention_mask"], use_cache=True)
         else:
             self._decoder.feed(m.embed_actions(torch.as_tensor(
-                np.asarray(self._last_action)[None])))
+                np.asarray(self._last_action)[None]).to(device)))
             self._decoder.feed(m.embed_states(state))
         out = m.predict_action(self._decoder.last)[0]
         action: int | np.ndarray
         if m.spec.action_type == "discrete":
             action = int(out.argmax(-1))
         else:
-            action = out.float().numpy().astype(np.float32)
+            action = out.float().cpu().numpy().astype(np.float32)
         self._last_action = action
         return action

@@ -17,7 +17,18 @@ from typing import Any
 import numpy as np
 
 from kalm.eval.compare import bar_plot, evaluations, fmt_rate, ordered_levels, summarize
-from kalm.io import write_text_atomic
+from kalm.io import save_gif, write_text_atomic
+from kalm.run_folder import (
+    GROUND,
+    RECORD,
+    REPORT,
+    compare_config,
+    evaluate_stage,
+    imagine_stage,
+    imagined_data,
+    load_run,
+    stage_names,
+)
 
 HTML_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}
@@ -26,7 +37,7 @@ th{background:#eee}img{max-width:100%}code{background:#f4f4f4}"""
 
 def _records(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted(root.glob("*/stage.json")):
+    for path in sorted(root.glob(f"*/{RECORD}")):
         if ".superseded-" in path.parent.name:
             continue
         out.append(json.loads(path.read_text()))
@@ -52,14 +63,12 @@ def stage_table(root: Path, order: list[str]) -> str:
 
 def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
     """Per algorithm: the compare-style summary over the seeds evaluated so far."""
-    from kalm.pipeline import compare_config
-
     out = {}
     for algo in cfg.rl.algos:
         cc = compare_config(cfg, algo, root)
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
         for seed in cfg.seeds:
-            folder = root / f"evaluate-{algo}-seed{seed}"
+            folder = root / evaluate_stage(algo, seed)
             res: dict[str, dict[str, Any]] = {"baseline": {}, "kalm": {}}
             for method, name, lv in evaluations(cc, seed):
                 path = folder / name / f"eval-{lv}.json"
@@ -90,10 +99,11 @@ def success_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def grounding_section(root: Path, folder: Path) -> list[str]:
+def grounding_section(root: Path, folder: Path, units: str) -> list[str]:
     from kalm.eval.plots import plot_grounding_curves
 
-    ground = root / "ground"
+    u = f" ({units})" if units else ""
+    ground = root / GROUND
     lines = ["## Grounding", ""]
     if (ground / "metrics.jsonl").exists():
         plot_grounding_curves(ground / "metrics.jsonl", folder / "grounding-curves.png")
@@ -107,11 +117,12 @@ def grounding_section(root: Path, folder: Path) -> list[str]:
             ("training time (min)", f"{m.get('train_seconds', 0) / 60:.1f}"),
             ("validation episodes", m.get("val_episodes")),
             ("action accuracy (teacher forced)", _pct(tf.get("action_accuracy"))),
-            ("rollout next-state RMSE (m)", _num(tf.get("rmse_m"))),
-            ("dynamics next-state RMSE (m)", _num(m.get("dynamics", {}).get("rmse_m"))),
-            ("final-state (consequence) RMSE (m)",
+            (f"rollout next-state RMSE{u}", _num(tf.get("rmse_m"))),
+            (f"dynamics next-state RMSE{u}", _num(m.get("dynamics", {}).get("rmse_m"))),
+            (f"final-state (consequence) RMSE{u}",
              _num(m.get("consequence", {}).get("rmse_m"))),
             ("explanation accuracy", _pct(m.get("explanation", {}).get("accuracy"))),
+            ("precision", m.get("dtype")),
         ]
         lines += ["| metric (held-out episodes) | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
@@ -126,71 +137,91 @@ def _num(v: float | None) -> str | None:
     return None if v is None else f"{v:.3f}"
 
 
-def imagination_table(root: Path, levels: list[str]) -> str:
+def _realism_columns(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """The env's realism categories, as they appear in the statistics (`<category>_pct`)."""
+    keys = {k for s in stats.values() for k in s
+            if k.endswith("_pct") and k != "unrealistic_rollouts_pct"}
+    return sorted(keys)
+
+
+def imagination_table(root: Path, levels: list[str], units: str = "") -> str:
+    """Quality of the imagined rollouts per level. Replay numbers use the real simulator:
+    a diagnostic of how wrong the labels are, never used to label or filter."""
+    all_stats: dict[str, dict[str, Any]] = {}
+    for lv in levels:
+        path = root / imagine_stage(lv) / "imagined.stats.json"
+        if path.exists():
+            all_stats.update(json.loads(path.read_text())["levels"])
     cols = [("rollouts", "rollouts", str), ("transitions", "transitions", str),
             ("self-judged match", "self_judged_match", _pct),
-            ("replayed match", "replayed_match", _pct),
-            ("random-action replay", "random_replay_match", _pct),
-            ("unrealistic rollouts", "unrealistic_rollouts_pct", lambda v: f"{v:.1f}%"),
-            ("state error (m)", "state_error_mean_m", _num)]
+            ("replayed match (diagnostic)", "replayed_match", _pct),
+            ("random-action replay (diagnostic)", "random_replay_match", _pct),
+            ("unrealistic rollouts", "unrealistic_rollouts_pct", lambda v: f"{v:.1f}%")]
+    cols += [(k[:-4].replace("_", " ") + " (% transitions)", k, lambda v: f"{v:.1f}")
+             for k in _realism_columns(all_stats)]
+    cols.append((f"state error{f' ({units})' if units else ''}", "state_error_mean", _num))
     lines = ["| level | " + " | ".join(c[0] for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
-    for lv in levels:
-        path = root / f"imagine-{lv}" / "imagined.stats.json"
-        if not path.exists():
-            continue
-        stats = json.loads(path.read_text())["levels"]
-        for name, s in stats.items():
-            cells = [fmt(s[key]) if s.get(key) is not None else "-" for _, key, fmt in cols]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, s in all_stats.items():
+        s = {"state_error_mean": s.get("state_error_mean_m"), **s}  # files of earlier versions
+        cells = [fmt(s[key]) if s.get(key) is not None else "-" for _, key, fmt in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def side_by_side_gifs(root: Path, folder: Path, level: str, k: int) -> list[Path]:
-    """Imagined rollout (left) next to the same actions replayed in the simulator (right)."""
+def side_by_side_gifs(root: Path, folder: Path, level: str, k: int, definition) -> list[Path]:
+    """Imagined rollout (left) next to the same actions replayed in the simulator (right): a
+    diagnostic picture; the replay uses the simulator, which KALM itself may not."""
     from kalm.data.episodes import read_episodes
-    from kalm.envs.clevr.env import CLEVRRobotEnv
-    from kalm.envs.clevr.render import draw_state, save_gif
-    from kalm.imagination.quality import replay
+    from kalm.envs.registry import make_env
+    from kalm.imagination.quality import replay_actions
 
-    path = root / f"imagine-{level}" / "imagined.h5"
-    if not path.exists() or k < 1:
+    path = imagined_data(root, level)
+    if not path.exists() or k < 1 or definition.draw_state is None:
         return []
     data = read_episodes(path)
-    env = CLEVRRobotEnv()
+    env = make_env(definition)
     out = []
-    for i in range(min(k, len(data))):
-        ep = data.episode(i)
-        real, ok = replay(env, ep.goal, ep.observations[0], ep.actions)
-        imagined = ep.observations
-        frames = []
-        for t in range(len(imagined)):
-            left = draw_state(imagined[t], size=220, caption=f"imagined t={t}")
-            right = draw_state(real[t].reshape(-1), size=220,
-                               caption=f"real replay t={t}" + (" (goal met)" if ok and
-                                                               t == len(real) - 1 else ""))
-            frames.append(np.concatenate([left, np.full((left.shape[0], 6, 3), 255, np.uint8),
-                                          right], axis=1))
-        out.append(save_gif(frames, folder / f"{level}-{i}.gif", fps=1.5))
-        out[-1].with_suffix(".txt").write_text(ep.instruction)
-    env.close()
+    try:
+        for i in range(min(k, len(data))):
+            ep = data.episode(i)
+            acts = [int(a) if np.ndim(a) == 0 else np.asarray(a, np.float32) for a in ep.actions]
+            replayed = replay_actions(definition, env, ep.goal, ep.observations[0], acts)
+            if replayed is None:
+                return out
+            real, ok = replayed
+            imagined = ep.observations
+            left = definition.frames(imagined, 220, [f"imagined t={t}"
+                                                     for t in range(len(imagined))])
+            right = definition.frames(
+                real, 220, [f"real replay t={t}" + (" (goal met)" if ok and t == len(real) - 1
+                                                    else "") for t in range(len(real))])
+            gap = np.full((left[0].shape[0], 6, 3), 255, np.uint8)
+            frames = [np.concatenate([a, gap, b], axis=1)
+                      for a, b in zip(left, right, strict=True)]
+            out.append(save_gif(frames, folder / f"{level}-{i}.gif", fps=1.5))
+            out[-1].with_suffix(".txt").write_text(ep.instruction)
+    finally:
+        env.close()
     return out
 
 
 def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Path, Path]:
     """report.md and report.html (images inlined) for the run folder ROOT."""
-    from kalm.pipeline import build_stages, load_run
+    from kalm.envs.registry import find_env
 
     root = Path(root)
     cfg = load_run(root)
-    folder = Path(folder) if folder is not None else root / "report"
+    definition = find_env(cfg.env)
+    units = definition.state_units if definition is not None else ""
+    folder = Path(folder) if folder is not None else root / REPORT
     folder.mkdir(parents=True, exist_ok=True)
-    stages = [s.name for s in build_stages(cfg)]
+    stages = stage_names(cfg)
     md = [f"# kalm run report: {cfg.name}", "",
           f"Run folder `{root}`, env `{cfg.env}`, seeds {cfg.seeds}, algorithms "
           f"{', '.join(a.upper() for a in cfg.rl.algos)}. Every number below is read from the "
           "files of this run; success rates are episodes in the real simulator.", "",
-          "## Stages", "", stage_table(root, [s for s in stages if s != "report"]), ""]
+          "## Stages", "", stage_table(root, [s for s in stages if s != REPORT]), ""]
 
     summaries = success_summaries(root, cfg)
     md += ["## Success rate (%) in the real simulator", ""]
@@ -207,16 +238,19 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
     else:
         md += ["No evaluation results yet.", ""]
 
-    md += [*grounding_section(root, folder), ""]
+    md += [*grounding_section(root, folder, units), ""]
     md += ["## Imagined rollouts", "",
-           "Replayed match: the imagined actions, replayed from the imagined start state in the "
-           "real simulator, reach the goal. Random-action replay: the same for random actions "
-           "of the same length (the floor).", "",
-           imagination_table(root, list(cfg.imagine.levels)), ""]
-    if cfg.env == "clevr":
-        md += ["### Imagined (left) vs the same actions in the real simulator (right)", ""]
+           "Self-judged match: the imagined final state satisfies the goal (the label KALM "
+           "trains on). Replayed match (a diagnostic that uses the simulator, which KALM may "
+           "not): the imagined actions, replayed from the imagined start state in the real "
+           "simulator, reach the goal. Random-action replay: the same for random actions of "
+           "the same length (the floor).", "",
+           imagination_table(root, list(cfg.imagine.levels), units), ""]
+    if definition is not None and definition.draw_state is not None:
+        md += ["### Imagined (left) vs the same actions in the real simulator (right; "
+               "diagnostic)", ""]
         for lv in cfg.imagine.levels:
-            gifs = side_by_side_gifs(root, folder, lv, cfg.report.gifs_per_level)
+            gifs = side_by_side_gifs(root, folder, lv, cfg.report.gifs_per_level, definition)
             for g in gifs:
                 md += [f"**{lv}**: \"{g.with_suffix('.txt').read_text()}\"", "",
                        f"![{lv} rollout]({g.name})", ""]

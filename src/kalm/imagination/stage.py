@@ -6,6 +6,11 @@ env (redrawn while the goal already holds, as for real data), is decoded by the 
 labelled with the env's own success and reward functions, as real data is, and checked against
 the simulator. Work is done in
 chunks written to `<out>.parts/`, so an interrupted run resumes; the output is written atomically.
+
+A rollout depends on its task only: with a sampling temperature each one draws from its own
+stream seeded by (seed, task index), so batch size, chunking and resuming do not change it (the
+batch size is therefore not part of the resume identity). The explanation check runs only under
+`filter_explanation`; rollouts it did not judge are stored as unchecked, never as consistent.
 """
 
 from __future__ import annotations
@@ -26,8 +31,12 @@ from kalm.data.suites import resolve_suite
 from kalm.envs.registry import EnvDefinition, get_env, make_env
 from kalm.imagination.quality import QualityReport, RolloutCheck, assess_rollout
 from kalm.io import write_json
+from kalm.llm.device import resolve_device
 from kalm.llm.generate import imagine_batch
+from kalm.llm.model import RolloutSpec
 from kalm.llm.prompts import PromptBuilder, normalize_instruction
+
+UNREALISTIC = "unrealistic_"  # extras key prefix: unrealistic transitions of one category
 
 
 @dataclass
@@ -48,6 +57,8 @@ class ImagineConfig:
     chunk_size: int = 128
     backbone: str | None = None  # load the model onto this local backbone folder instead
     clamp: bool | None = None  # override the model's clamping of generated states
+    device: str = "auto"  # where the model runs: auto = cuda when present, else cpu
+    goals: int | None = None  # the suite's first N goals only (smoke runs, quick looks)
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,28 @@ class Task:
 def plan_tasks(cfg: ImagineConfig, env: str = "clevr") -> list[Task]:
     suite = resolve_suite(cfg.suite, cfg.suite_file, env)
     tasks = []
-    for group in suite.groups():
+    groups = suite.groups()
+    for group in groups[: cfg.goals] if cfg.goals is not None else groups:
         for _ in range(cfg.per_goal):
             i = len(tasks)
             rng = np.random.default_rng(episode_seed(cfg.seed, i))
             e = group[int(rng.integers(len(group)))]
             tasks.append(Task(i, e.level, e.instruction, e.goal, e.init))
     return tasks
+
+
+def sampling_seed(seed: int, index: int) -> int:
+    """The seed of task `index`'s action sampling: its own stream, apart from the reset seed
+    `episode_seed(seed, index)` of the same task."""
+    return int(np.random.SeedSequence([seed, index], spawn_key=(1,)).generate_state(1)[0])
+
+
+def explanation_verdict(extras: dict[str, Any]) -> bool | None:
+    """True/False when the rollout's explanation was judged, None when it was not (files
+    written before the `explanation_checked` flag stored an unjudged True: not checked)."""
+    if not bool(extras.get("explanation_checked", False)):
+        return None
+    return bool(extras["explanation_consistent"])
 
 
 def _context_ok(builder: PromptBuilder, model, text: str, steps: int) -> str | None:
@@ -105,8 +131,8 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
         rolls = imagine_batch(model, builder, [b[0].instruction for b in batch],
                               np.stack([b[2] for b in batch]), [b[0].goal for b in batch],
                               [b[1] for b in batch], definition.success,
-                              temperature=cfg.temperature, seed=cfg.seed + i,
-                              use_cache=cfg.use_cache)
+                              temperature=cfg.temperature, use_cache=cfg.use_cache,
+                              seeds=[sampling_seed(cfg.seed, b[0].index) for b in batch])
         for (t, _, _, s), r in zip(batch, rolls, strict=True):
             rewards, terminals = definition.labels(t.goal, r.observations, r.actions)
             rng = np.random.default_rng(s + 17)
@@ -121,14 +147,12 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
                                  "replayed": a.replay_ok is not None,
                                  "realism_checked": a.check is not None,
                                  "realistic": check.realistic,
-                                 "out_of_table": check.out_of_table,
-                                 "exceed_dynamics": check.exceed_dynamics,
-                                 "interpenetration": check.interpenetration,
-                                 "untouched_moved": check.untouched_moved,
+                                 **{UNREALISTIC + k: v for k, v in check.counts.items()},
                                  "mean_state_error": float(np.mean(errors)) if len(errors)
                                  else float("nan"),
                                  "state_errors": _pad(errors),
-                                 "explanation_consistent": True})
+                                 "explanation_checked": False,
+                                 "explanation_consistent": False})
             ep.extras["level"] = t.level
             episodes.append(ep)
         bar.update(len(batch))
@@ -151,6 +175,7 @@ def _explanations(model, builder: PromptBuilder, definition: EnvDefinition,
         prompts = [builder.explanation_prompt(e.observations, e.actions) for e in chunk]
         for e, text in zip(chunk, greedy_text(model, builder, prompts), strict=True):
             e.extras["explanation_consistent"] = bool(judge(text, e.goal))
+            e.extras["explanation_checked"] = True
 
 
 def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, Any]:
@@ -164,7 +189,7 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
     if cfg.filter_explanation and definition.explanation_correct is None:
         raise ValueError(f"--filter-explanation needs env {definition.name!r} to define "
                          "explanation_correct")
-    spec = definition.rollout_spec(env_name)
+    spec = RolloutSpec.for_env(definition, env_name)
     tasks = plan_tasks(cfg, env_name)
     if model is None:
         backbone = None
@@ -173,10 +198,13 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
 
             backbone = load_backbone(cfg.backbone)
         model, _ = load_rollout_model(cfg.model, backbone=backbone, spec=spec)
+        model.to(resolve_device(cfg.device))
     else:
         from kalm.llm.saving import check_spec
 
         check_spec({"spec": asdict(model.spec)}, spec, "the model")
+        if cfg.device != "auto":  # a model handed in stays where it is unless told otherwise
+            model.to(resolve_device(cfg.device))
     if cfg.clamp is not None:
         model.config.clamp_states = cfg.clamp
     builder = PromptBuilder(model.tokenizer)
@@ -184,7 +212,8 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
     episode_spec = definition.episode_spec(env_name)
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
-    identity = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size")}
+    # what the rollouts depend on: not the batch size, nor the device (speed only)
+    identity = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "device")}
     manifest = parts / "manifest.json"
     if parts.exists() and (not manifest.exists()
                            or json.loads(manifest.read_text()) != identity):
@@ -214,7 +243,7 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
     bar.close()
     if cfg.filter_explanation:
         _explanations(model, builder, definition, episodes)
-    stats = summarize(episodes, skipped, cfg)
+    stats = summarize(episodes, skipped, cfg, definition.state_units)
     kept = [e for e in episodes if _keep(e, cfg)]
     if not kept:
         raise RuntimeError("every imagined rollout was filtered out or skipped")
@@ -231,31 +260,35 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
 
 
 def _keep(e: Episode, cfg: ImagineConfig) -> bool:
-    """Whether the enabled filters let a rollout through."""
+    """Whether the enabled filters let a rollout through. The explanation filter passes only
+    rollouts judged consistent: one it never judged has earned nothing."""
     return ((not cfg.filter or bool(e.extras["realistic"]))
-            and (not cfg.filter_explanation or bool(e.extras["explanation_consistent"])))
+            and (not cfg.filter_explanation or explanation_verdict(e.extras) is True))
 
 
 def summarize(episodes: list[Episode], skipped: list[dict[str, Any]],
-              cfg: ImagineConfig) -> dict[str, Any]:
+              cfg: ImagineConfig, units: str = "") -> dict[str, Any]:
     by_level: dict[str, QualityReport] = {}
     for e in episodes:
-        r = by_level.setdefault(str(e.extras["level"]), QualityReport())
-        check = RolloutCheck(int(e.extras["out_of_table"]), int(e.extras["exceed_dynamics"]),
-                             int(e.extras["interpenetration"]), int(e.extras["untouched_moved"]),
-                             e.length)
+        r = by_level.setdefault(str(e.extras["level"]), QualityReport(units=units))
+        check = RolloutCheck({k[len(UNREALISTIC):]: int(v) for k, v in e.extras.items()
+                              if k.startswith(UNREALISTIC)}, e.length)
         errors = np.asarray(e.extras["state_errors"], dtype=np.float64)
         r.add(bool(e.extras["self_success"]), bool(e.extras["replay_success"]),
               bool(e.extras["random_replay_success"]), check, errors[~np.isnan(errors)],
               replayed=bool(e.extras.get("replayed", True)),
               checked=bool(e.extras.get("realism_checked", True)))
     unrealistic = sum(not bool(e.extras["realistic"]) for e in episodes)
-    inconsistent = sum(not bool(e.extras["explanation_consistent"]) for e in episodes)
+    verdicts = [explanation_verdict(e.extras) for e in episodes]
+    checked = sum(v is not None for v in verdicts)
+    consistent = sum(v is True for v in verdicts)
     return {"levels": {k: v.to_json() for k, v in by_level.items()},
             "generated": len(episodes), "skipped": skipped,
             "filter": {"unrealistic": {"enabled": cfg.filter, "would_drop": unrealistic},
                        "explanation": {"enabled": cfg.filter_explanation,
-                                       "would_drop": inconsistent if cfg.filter_explanation
+                                       "checked": checked,
+                                       "consistent": consistent if checked else None,
+                                       "would_drop": checked - consistent if checked
                                        else None}},
             "kept": sum(_keep(e, cfg) for e in episodes)}
 

@@ -91,8 +91,16 @@ def default_backbone_path(rebuild: bool = False) -> Path:
     tokenizer.save_pretrained(tmp)
     size = (tmp / "model.safetensors").stat().st_size
     (tmp / _DONE).write_text(json.dumps({"source": str(gguf), "weights_bytes": size}))
+    if not rebuild and _cache_ok(folder):  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder
     shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
+    try:
+        tmp.replace(folder)
+    except OSError:  # lost a race with another process's identical conversion
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _cache_ok(folder):
+            raise
     return folder
 
 

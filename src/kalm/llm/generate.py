@@ -4,8 +4,11 @@ The prompt (goal -> rollout layout of grounding, ending with the given s_0) is e
 after that every decoding step extends the KV cache by exactly one position: an action is read
 at a state's position (greedy, or sampled with a temperature), the next state at the action's
 position. Prompts of different lengths are left-padded with explicit position ids, so a rollout
-does not depend on what else is in its batch. `use_cache=False` re-encodes everything each step
-(what the published generator did); it exists for equivalence tests and benchmarks.
+does not depend on what else is in its batch; sampled actions come from one random stream per
+rollout (`seeds`), so neither does its randomness. `use_cache=False` re-encodes everything each
+step (what the published generator did); it exists for equivalence tests and benchmarks.
+Prompts are built on the CPU and moved to the model's device; only the chosen actions and the
+generated states come back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 
 from kalm.llm.batching import collate
+from kalm.llm.device import model_device, to_device
 from kalm.llm.model import RolloutModel
 from kalm.llm.prompts import PromptBuilder
 
@@ -61,7 +65,7 @@ class _Decoder:
     def feed(self, x: torch.Tensor) -> torch.Tensor:
         """Append one embedding per row (B, hidden); returns the new last hidden state."""
         n = x.shape[0]
-        self.attn = torch.cat([self.attn, torch.ones(n, 1, dtype=self.attn.dtype)], dim=1)
+        self.attn = torch.cat([self.attn, self.attn.new_ones(n, 1)], dim=1)
         new_pos = self.pos[:, -1:] + 1
         self.pos = torch.cat([self.pos, new_pos], dim=1)
         if self.use_cache:
@@ -76,15 +80,22 @@ class _Decoder:
         return self.last
 
 
+def row_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU random stream per rollout: a row's samples depend on its own seed only, not on
+    the batch it shares or the device the model runs on."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
 def _choose_action(model: RolloutModel, h: torch.Tensor, temperature: float,
-                   generator: torch.Generator | None) -> torch.Tensor:
+                   generators: Sequence[torch.Generator] | None) -> torch.Tensor:
     out = model.predict_action(h)
     if model.spec.action_type != "discrete":
         return out
-    if temperature <= 0:
+    if temperature <= 0 or generators is None:
         return out.argmax(-1)
-    probs = torch.softmax(out / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    probs = torch.softmax(out.float() / temperature, dim=-1).cpu()
+    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(picks).to(out.device)
 
 
 @torch.no_grad()
@@ -99,8 +110,13 @@ def imagine_batch(
     temperature: float = 0.0,
     seed: int = 0,
     use_cache: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> list[Rollout]:
-    """Decode one rollout per prompt; each stops when its goal's check first holds."""
+    """Decode one rollout per prompt; each stops when its goal's check first holds.
+
+    With a temperature, row i samples from its own stream seeded by `seeds[i]` (default: derived
+    from (seed, i), which ties a row to its position; callers that batch work give each rollout
+    a seed of its own)."""
     model.eval()
     n = len(instructions)
     prompts = []
@@ -109,28 +125,39 @@ def imagine_batch(
         builder.state(seq, s0)
         prompts.append(seq)
     spec = model.spec
-    b = _left_pad(collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type,
-                          spec.action_dim))
+    device = model_device(model)
+    b = to_device(_left_pad(collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type,
+                                    spec.action_dim)), device)
     x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
                     b["action_in"])
     dec = _Decoder(model, x, b["attention_mask"], use_cache)
-    gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    states = torch.as_tensor(np.asarray(initial_states, dtype=np.float32))
-    obs: list[list[np.ndarray]] = [[states[i].numpy().copy()] for i in range(n)]
+    if seeds is not None and len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} rollouts")
+    gens = None
+    if temperature > 0:
+        gens = row_generators(seeds if seeds is not None else
+                              [int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+                               for i in range(n)])
+    host_states = np.asarray(initial_states, dtype=np.float32)
+    states = torch.as_tensor(host_states).to(device)
+    obs: list[list[np.ndarray]] = [[host_states[i].copy()] for i in range(n)]
     acts: list[list[Any]] = [[] for _ in range(n)]
     done = np.zeros(n, dtype=bool)
     success = np.zeros(n, dtype=bool)
     limit = np.asarray(max_steps)
     for t in range(int(limit.max())):
-        action = _choose_action(model, dec.last, temperature, gen)
+        action = _choose_action(model, dec.last, temperature, gens)
         h = dec.feed(model.embed_actions(action))
         z = model.predict_state(h, states)
         new_states = model.clamp(model.denormalize(z))
+        host_actions = action.cpu().numpy()  # one transfer per step, not one per row
+        host_new = new_states.float().cpu().numpy()
         for i in range(n):
             if done[i]:
                 continue
-            a = int(action[i]) if spec.action_type == "discrete" else action[i].numpy().copy()
-            s_new = new_states[i].numpy().copy()
+            a = int(host_actions[i]) if spec.action_type == "discrete" else \
+                host_actions[i].astype(np.float32).copy()
+            s_new = host_new[i].copy()
             acts[i].append(a)
             obs[i].append(s_new)
             if is_success(goals[i], s_new, obs[i][-2], a):

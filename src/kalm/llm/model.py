@@ -9,12 +9,15 @@ Heads read the backbone's final hidden states; the backbone's own LM head stays 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 import kalm.llm  # noqa: F401  (offline hub)
+
+if TYPE_CHECKING:
+    from kalm.envs.base import EnvDefinition
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,13 @@ class RolloutSpec:
     action_dim: int
     state_low: tuple[float, ...] | None = None  # reachable box, for clamping predictions
     state_high: tuple[float, ...] | None = None
+
+    @classmethod
+    def for_env(cls, definition: EnvDefinition, env: str | None = None) -> RolloutSpec:
+        """The spec of an env definition; `env` is the string that finds it again later."""
+        s = definition.episode_spec(env)
+        return cls(s.env, s.obs_dim, s.action_type, s.action_dim, tuple(definition.state_low),
+                   tuple(definition.state_high))
 
     def __post_init__(self) -> None:
         if self.action_type not in ("discrete", "continuous"):

@@ -1,9 +1,10 @@
 """`kalm ground`: fine-tune a causal LM on the four grounding objectives.
 
-Runs through Hugging Face accelerate (one CPU here; `accelerate launch kalm ground ...` for several
-devices, DeepSpeed/FSDP through accelerate's own config). Checkpoints are written atomically every
-`save_every` steps; `--resume` continues from the last one and gives the same result as an
-uninterrupted run, because the data stream is a pure function of (seed, step).
+Runs through Hugging Face accelerate (one device, `device: auto` = CUDA when present; `accelerate
+launch kalm ground ...` for several, DeepSpeed/FSDP through accelerate's own config). Checkpoints
+are written atomically every `save_every` steps; `--resume` continues from the last one and gives
+the same result as an uninterrupted run, because the data stream is a pure function of (seed,
+step) and the checkpoint carries the length of the schedule (also when a time budget chose it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kalm.data.episodes import EpisodeData, read_episodes
 from kalm.io import write_json
 from kalm.llm.backbone import Backbone, load_backbone
 from kalm.llm.batching import Collator, GroundingSamples, Paraphrases
+from kalm.llm.device import model_device, resolve_bf16, resolve_device, to_device
 from kalm.llm.losses import GroundingObjective, LossWeights, grounding_losses
 from kalm.llm.model import ModelConfig, RolloutModel, RolloutSpec
 from kalm.llm.prompts import OBJECTIVES, PromptBuilder
@@ -55,10 +57,13 @@ class GroundConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    bf16: bool = False
-    # attention kernel: "auto" = eager for bf16 on CPU (1.6x faster than SDPA's CPU flash
-    # kernel on short CLEVR sequences, see BENCHMARKS.md), the backbone's default otherwise
+    # bf16 autocast: true/false force it; "auto" measures fp32 vs bf16 matmuls on the device at
+    # start-up (a CPU without native bf16 runs bf16 ~15-30x slower; CUDA with bf16 support: on)
+    bf16: bool | str = "auto"
+    # attention kernel: "auto" = eager when bf16 (as resolved) runs on a CPU (1.6x faster than
+    # SDPA's CPU flash kernel on short CLEVR sequences, see BENCHMARKS.md), else the backbone's
     attn_implementation: str = "auto"
+    device: str = "auto"  # auto = cuda when present, else cpu; or cpu, cuda, cuda:N
     seed: int = 0
     objectives: dict[str, float] = field(
         default_factory=lambda: {o: 1.0 for o in OBJECTIVES})
@@ -73,12 +78,20 @@ class GroundConfig:
     explain_episodes: int = 100
     time_limit_minutes: float | None = None  # stop (and save) after this long
     stop_at_step: int | None = None  # stop early at this step, keeping the schedule of `steps`
+    # fit the number of steps (and so the whole warmup + cosine schedule) to this wall time,
+    # measured from the start of the run, validation, metrics and saving included; `steps`, when
+    # set, is then an upper bound and `epochs` is ignored
+    budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+        if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):
+            raise ValueError(f"bf16 must be true, false or auto, not {self.bf16!r}")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise ValueError("budget_minutes must be positive")
 
     @property
     def learning_rate(self) -> float:
@@ -90,7 +103,7 @@ class GroundConfig:
 def clevr_spec() -> RolloutSpec:
     from kalm.envs.registry import get_env
 
-    return get_env("clevr").rollout_spec("clevr")
+    return RolloutSpec.for_env(get_env("clevr"), "clevr")
 
 
 def spec_for(data: EpisodeData) -> RolloutSpec:
@@ -104,13 +117,26 @@ def spec_for(data: EpisodeData) -> RolloutSpec:
     if definition is None:
         return RolloutSpec(data.spec.env, data.spec.obs_dim, data.spec.action_type,
                            data.spec.action_dim)
-    spec = definition.rollout_spec(data.spec.env)
+    spec = RolloutSpec.for_env(definition, data.spec.env)
     own = (spec.obs_dim, spec.action_type, spec.action_dim)
     found = (data.spec.obs_dim, data.spec.action_type, data.spec.action_dim)
     if own != found:
         raise ValueError(f"the data says env {data.spec.env!r} with (obs_dim, action_type, "
                          f"action_dim) = {found}, but that env defines {own}")
     return spec
+
+
+def env_paraphrases(env: str, level: str) -> Paraphrases:
+    """Paraphrases from the env's built-in suite `level`, when it has one."""
+    from kalm.envs.registry import find_env
+
+    definition = find_env(env)
+    if definition is None or not level or not definition.levels or (
+            level == "train" and definition.suite_path(level) is None):  # default, absent
+        return Paraphrases()
+    from kalm.data.suites import load_builtin_suite
+
+    return Paraphrases.from_suite(load_builtin_suite(level, env))
 
 
 def split_episodes(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,13 +155,26 @@ def state_statistics(data: EpisodeData) -> tuple[np.ndarray, np.ndarray]:
     return states.mean(0), states.std(0) + 1e-3
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
+class WarmupCosine:
+    """Linear warmup, then cosine decay to `min_ratio` at step `total`.
+
+    An object rather than a closure so a time budget can set `total` once it is known (the
+    schedule does not depend on `total` during warmup, so the steps run before are unaffected).
+    """
+
+    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> WarmupCosine:
+    return WarmupCosine(warmup, total, min_ratio)
 
 
 class _Log:
@@ -173,23 +212,30 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def save_checkpoint(folder: Path, step: int, model: RolloutModel, optimizer, scheduler,
-                    meta: dict[str, Any], keep: int) -> Path:
+                    meta: dict[str, Any], keep: int, total_steps: int | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:07d}.pt"
     tmp = folder / f".{path.name}.tmp{os.getpid()}"
     torch.save({"step": step, "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "meta": meta}, tmp)
+                "torch_rng": torch.get_rng_state(), "meta": meta,
+                "total_steps": total_steps}, tmp)
     tmp.replace(path)
     for old in _checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
-def training_attention(cfg: GroundConfig) -> str | None:
-    """The attention implementation to train with (None: keep the backbone's)."""
+def training_attention(cfg: GroundConfig, use_bf16: bool | None = None,
+                       device: torch.device | None = None) -> str | None:
+    """The attention implementation to train with (None: keep the backbone's).
+
+    `use_bf16`/`device` are the resolved precision and device (resolved from cfg when None)."""
     if cfg.attn_implementation == "auto":
-        return "eager" if cfg.bf16 and not torch.cuda.is_available() else None
+        device = device if device is not None else resolve_device(cfg.device)
+        if use_bf16 is None:
+            use_bf16, _ = resolve_bf16(cfg.bf16, device)
+        return "eager" if use_bf16 and device.type == "cpu" else None
     if cfg.attn_implementation not in ("eager", "sdpa", "flash_attention_2"):
         raise ValueError(f"attn_implementation must be auto, eager, sdpa or flash_attention_2, "
                          f"got {cfg.attn_implementation!r}")
@@ -197,14 +243,20 @@ def training_attention(cfg: GroundConfig) -> str | None:
 
 
 class Grounder:
-    """Holds the pieces of one grounding run (also used by metrics and tests)."""
+    """Holds the pieces of one grounding run (also used by metrics and tests).
 
-    def __init__(self, cfg: GroundConfig, backbone: Backbone | None = None) -> None:
+    `spec` and `paraphrases` stand in for what is otherwise read from the env definition, so a
+    machine without the simulator (a GPU box without mujoco) can ground on prepared inputs."""
+
+    def __init__(self, cfg: GroundConfig, backbone: Backbone | None = None,
+                 use_bf16: bool | None = None, device: torch.device | None = None,
+                 spec: RolloutSpec | None = None, paraphrases: Paraphrases | None = None
+                 ) -> None:
         self.cfg = cfg
         data = read_episodes(cfg.data)
-        self.spec = spec_for(data)
+        self.spec = spec if spec is not None else spec_for(data)
         self.backbone = backbone or load_backbone(cfg.backbone)
-        attn = training_attention(cfg)
+        attn = training_attention(cfg, use_bf16, device)
         if attn is not None:
             self.backbone.model.set_attn_implementation(attn)
         self.train_idx, self.val_idx = split_episodes(len(data), cfg.val_fraction, cfg.seed)
@@ -215,27 +267,22 @@ class Grounder:
         mean, std = state_statistics(self.train_data)
         self.model.set_normalizer(torch.from_numpy(mean), torch.from_numpy(std))
         self.builder = PromptBuilder(self.backbone.tokenizer)
-        self.paraphrases = self._paraphrases()
+        self.paraphrases = paraphrases if paraphrases is not None else self._paraphrases()
         steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
-        self.total_steps = cfg.steps if cfg.steps is not None else max(
-            1, round(cfg.epochs * steps_per_epoch))
+        # None under a time budget without a `steps` cap: fitted once the step time is measured
+        self.total_steps: int | None
+        if cfg.budget_minutes is not None:
+            self.total_steps = cfg.steps
+        else:
+            self.total_steps = cfg.steps if cfg.steps is not None else max(
+                1, round(cfg.epochs * steps_per_epoch))
         self.meta = model_meta(self.model, self.backbone, cfg.adapter, {
             "train": {"data": str(cfg.data), "episodes": len(self.train_data),
                       "val_episodes": len(self.val_idx), "steps": self.total_steps,
                       "seed": cfg.seed}})
 
     def _paraphrases(self) -> Paraphrases:
-        """Paraphrases from the env's built-in suite `paraphrase_suite`, when it has one."""
-        from kalm.envs.registry import find_env
-
-        definition = find_env(self.spec.env)
-        level = self.cfg.paraphrase_suite
-        if definition is None or not level or not definition.levels or (
-                level == "train" and definition.suite_path(level) is None):  # default, absent
-            return Paraphrases()
-        from kalm.data.suites import load_builtin_suite
-
-        return Paraphrases.from_suite(load_builtin_suite(level, self.spec.env))
+        return env_paraphrases(self.spec.env, self.cfg.paraphrase_suite)
 
     def collator(self, data: EpisodeData) -> Collator:
         return Collator(data, self.builder, self.paraphrases, self.spec.action_type,
@@ -259,11 +306,12 @@ class Grounder:
 def evaluate_losses(model: RolloutModel, batches: list[dict[str, torch.Tensor]],
                     weights: LossWeights, autocast) -> dict[str, float]:
     model.eval()
+    device = model_device(model)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for batch in batches:
         with autocast():
-            out = grounding_losses(model, batch, weights)
+            out = grounding_losses(model, to_device(batch, device), weights)
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)
             counts[k] = counts.get(k, 0) + 1
@@ -271,23 +319,96 @@ def evaluate_losses(model: RolloutModel, batches: list[dict[str, torch.Tensor]],
     return {k: sums[k] / counts[k] for k in sums}
 
 
+BUDGET_PROBE_STEPS = 8  # steps timed before a time budget fixes the schedule's length
+BUDGET_MARGIN = 0.05  # share of the budget kept free for what the estimate misses
+_UNBOUNDED_STEPS = 10_000_000  # data stream length while a budget has not fixed the total
+
+
+@torch.no_grad()
+def estimate_metrics_seconds(g: Grounder, model: RolloutModel, eval_s: float,
+                             val_sequences: int) -> float:
+    """What the final `grounding_metrics` will cost: the teacher-forced passes scaled from the
+    validation pass just timed, the greedy explanations from a short timed decode (their
+    per-token cost is unlike a teacher-forced pass's)."""
+    from kalm.llm.metrics import EXPLAIN_BATCH, EXPLAIN_TOKENS, greedy_text
+
+    cfg = g.cfg
+    if g.val_data is None or cfg.metrics_episodes <= 0:
+        return 0.0
+    n = min(cfg.metrics_episodes, len(g.val_data))
+    sequences = 2 * n + int(np.asarray(g.val_data.lengths[:n]).sum())  # rollout, consequence,
+    seconds = eval_s / val_sequences * sequences if val_sequences else 0.0  # every dynamics step
+    m = min(cfg.explain_episodes, n)
+    if m:
+        eps = [g.val_data.episode(i) for i in range(min(m, EXPLAIN_BATCH))]
+        prompts = [g.builder.explanation_prompt(e.observations, e.actions) for e in eps]
+        was_training = model.training
+        model.eval()
+        t = time.perf_counter()
+        greedy_text(model, g.builder, prompts, max_new_tokens=1)
+        t1 = time.perf_counter() - t
+        t = time.perf_counter()
+        greedy_text(model, g.builder, prompts, max_new_tokens=3)
+        per_token = max(0.0, (time.perf_counter() - t - t1) / 2)
+        model.train(was_training)
+        seconds += math.ceil(m / EXPLAIN_BATCH) * (t1 + EXPLAIN_TOKENS * per_token)
+    return seconds
+
+
+def fit_budget(cfg: GroundConfig, step: int, elapsed_s: float, step_s: float, eval_s: float,
+               save_s: float, metrics_s: float) -> tuple[int, dict[str, Any]]:
+    """The total number of steps that ends the run (validation every `eval_every`, checkpoints
+    every `save_every`, the final save and metrics) inside `budget_minutes`, given the measured
+    costs so far; never fewer than the steps already done."""
+    assert cfg.budget_minutes is not None
+    budget_s = 60.0 * cfg.budget_minutes
+    per_step = step_s + eval_s / max(1, cfg.eval_every) + save_s / max(1, cfg.save_every)
+    final = eval_s + 2 * save_s + metrics_s  # last validation, checkpoint + model, metrics
+    free = budget_s * (1 - BUDGET_MARGIN) - elapsed_s - final
+    total = step + max(0, math.floor(free / per_step))
+    if cfg.steps is not None:
+        total = min(total, max(cfg.steps, step))
+    plan = {"budget_minutes": cfg.budget_minutes, "fitted_at_step": step,
+            "elapsed_s": round(elapsed_s, 3), "step_s": round(step_s, 4),
+            "eval_s": round(eval_s, 3), "save_s": round(save_s, 3),
+            "metrics_s_estimate": round(metrics_s, 3), "steps": total,
+            "predicted_total_s": round(elapsed_s + (total - step) * per_step + final, 3)}
+    return total, plan
+
+
 def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = None,
-           progress: bool = True) -> dict[str, Any]:
+           progress: bool = True, spec: RolloutSpec | None = None,
+           paraphrases: Paraphrases | None = None) -> dict[str, Any]:
     """Train, save the model to cfg.out, compute grounding metrics; returns the metrics."""
     from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
 
+    t_start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    g = Grounder(cfg, backbone)
-    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate places a single process on the current GPU
+    use_bf16, probe = resolve_bf16(cfg.bf16, device)
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if use_bf16 else "no")
+    if acc.device.type != device.type:
+        raise ValueError(f"device {cfg.device!r} resolves to {device}, but accelerate runs this "
+                         f"process on {acc.device}")
+    g = Grounder(cfg, backbone, use_bf16=use_bf16, device=acc.device, spec=spec,
+                 paraphrases=paraphrases)
+    precision = {"dtype": "bfloat16" if use_bf16 else "float32", "bf16_probe": probe,
+                 "device": str(acc.device)}
+    g.meta["train"].update(precision)
     model = g.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=g.cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.warmup_steps, g.total_steps, cfg.min_lr_ratio))
+    total: int | None = g.total_steps
+    schedule = WarmupCosine(cfg.warmup_steps, total or _UNBOUNDED_STEPS, cfg.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ckpt_dir = out / "checkpoints"
     start = 0
+    plan: dict[str, Any] | None = None
     if resume and _checkpoints(ckpt_dir):
         last = _checkpoints(ckpt_dir)[-1]
         state = torch.load(last, map_location="cpu", weights_only=False)
@@ -298,32 +419,67 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
+        if cfg.budget_minutes is not None and state.get("total_steps") is not None:
+            total = int(state["total_steps"])  # the schedule the interrupted run fitted
+            plan = state["meta"]["train"].get("budget")
     elif ckpt_dir.exists() and not resume:
         for old in _checkpoints(ckpt_dir):
             old.unlink()
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    if total is not None:
+        schedule.total = total
 
-    samples = GroundingSamples(len(g.train_data), cfg.batch_size,
-                               g.total_steps * acc.num_processes, cfg.objectives, cfg.seed)
+    def set_total(n: int) -> None:
+        schedule.total = n
+        g.total_steps = n
+        g.meta["train"]["steps"] = n
+        if plan is not None:
+            g.meta["train"]["budget"] = plan
+
+    if total is not None:
+        set_total(total)
+    stream = (total if total is not None else _UNBOUNDED_STEPS) * acc.num_processes
+    samples = GroundingSamples(len(g.train_data), cfg.batch_size, stream, cfg.objectives,
+                               cfg.seed)
     loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=False,
                                          collate_fn=g.collator(g.train_data), num_workers=0)
-    objective, optimizer, loader, scheduler = acc.prepare(
-        GroundingObjective(model, cfg.loss_weights), optimizer, loader, scheduler)
+    # the scheduler is stepped here once per optimizer step (accelerate's wrapper would step it
+    # once per process)
+    objective, optimizer, loader = acc.prepare(
+        GroundingObjective(model, cfg.loss_weights), optimizer, loader)
     if start:
         loader = acc.skip_first_batches(loader, start)
     log = _Log(out, start) if acc.is_main_process else None
-    val_batches = g.validation_batches(cfg.eval_episodes)
     inner = acc.unwrap_model(objective).model
+    val_batches = [to_device(b, model_device(inner))
+                   for b in g.validation_batches(cfg.eval_episodes)]
     (out / "ground_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+
+    def validate(at: int) -> float:
+        t = time.perf_counter()
+        if val_batches and log is not None:
+            log.write(at, "val", evaluate_losses(inner, val_batches, cfg.loss_weights,
+                                                 acc.autocast))
+        return time.perf_counter() - t
+
+    def checkpoint(at: int) -> float:
+        t = time.perf_counter()
+        if acc.is_main_process:
+            save_checkpoint(ckpt_dir, at, inner, optimizer, scheduler, g.meta,
+                            cfg.keep_checkpoints, total_steps=total)
+        return time.perf_counter() - t
 
     objective.train()
     t0 = time.time()
     step = start
-    bar = tqdm(total=g.total_steps, initial=start, desc="ground", unit="step",
+    probe_steps = max(1, min(BUDGET_PROBE_STEPS, cfg.warmup_steps + 1))
+    step_times: list[float] = []
+    bar = tqdm(total=total, initial=start, desc="ground", unit="step",
                disable=not (progress and acc.is_main_process))
     running: dict[str, float] = {}
+    mark = time.perf_counter()  # step times include loading the batch and logging
     for batch in loader:
-        if step >= g.total_steps:
+        if total is not None and step >= total:
             break
         with acc.autocast():
             losses = objective(batch)
@@ -334,7 +490,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        values = {k: float(v.detach()) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}  # also waits for the device
         for k, v in values.items():
             running[k] = 0.9 * running.get(k, v) + 0.1 * v
         bar.update(1)
@@ -343,23 +499,46 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         if log is not None:
             log.write(step, "train", {**values, "lr": scheduler.get_last_lr()[0],
                                       "elapsed_s": time.time() - t0})
+        step_times.append(time.perf_counter() - mark)
+        fitted_now = total is None and step >= probe_steps
+        if fitted_now:
+            # the schedule has not depended on its length yet (still in warmup): fix it now
+            eval_s = validate(step)
+            save_s = checkpoint(step)  # timed here, rewritten below with the fitted length
+            metrics_s = estimate_metrics_seconds(g, inner, eval_s, sum(
+                len(b["objective"]) for b in val_batches)) if acc.is_main_process else 0.0
+            timed = step_times[1:] if len(step_times) > 2 else step_times
+            box = list(fit_budget(cfg, step, time.time() - t_start, float(np.mean(timed)),
+                                  eval_s, save_s, metrics_s))
+            broadcast_object_list(box)  # every process follows the main one's plan
+            total, plan = int(box[0]), box[1]
+            set_total(total)
+            bar.total = total
+            bar.refresh()
+            checkpoint(step)
         timed_out = ((cfg.time_limit_minutes is not None
                       and time.time() - t0 > 60 * cfg.time_limit_minutes)
                      or (cfg.stop_at_step is not None and step >= cfg.stop_at_step))
-        last = step >= g.total_steps or timed_out
-        if val_batches and (step % cfg.eval_every == 0 or last) and log is not None:
-            log.write(step, "val", evaluate_losses(inner, val_batches, cfg.loss_weights,
-                                                   acc.autocast))
-        if (step % cfg.save_every == 0 or last) and acc.is_main_process:
-            save_checkpoint(ckpt_dir, step, inner, optimizer, scheduler, g.meta,
-                            cfg.keep_checkpoints)
+        last = (total is not None and step >= total) or timed_out
+        if not fitted_now:
+            if val_batches and (step % cfg.eval_every == 0 or last):
+                validate(step)
+            if step % cfg.save_every == 0 or last:
+                checkpoint(step)
         acc.wait_for_everyone()
         if timed_out:
             break
+        mark = time.perf_counter()
     bar.close()
     if log is not None:
         log.close()
-    result: dict[str, Any] = {"steps": step, "train_seconds": time.time() - t0}
+    timed = step_times[1:] if len(step_times) > 1 else step_times  # the first one warms up
+    result: dict[str, Any] = {"steps": step, "steps_planned": total,
+                              "train_seconds": time.time() - t0,
+                              "step_seconds": float(np.mean(timed)) if timed else None,
+                              **precision}
+    if plan is not None:
+        result["budget"] = plan
     if acc.is_main_process:
         meta = {**g.meta, "train": {**g.meta["train"], "steps_done": step}}
         save_rollout_model(inner, out, meta)
@@ -370,6 +549,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
                                         max_episodes=cfg.metrics_episodes,
                                         explain_episodes=cfg.explain_episodes)
             result.update(metrics)
+        result["wall_seconds"] = time.time() - t_start
         write_json(result, out / "grounding_metrics.json")
     return result
 

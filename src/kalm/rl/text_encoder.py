@@ -31,8 +31,20 @@ def default_encoder_path() -> Path:
     return path
 
 
+_SHARED: dict[str, TextEncoder] = {}
+
+
 class TextEncoder:
     """Sentence embeddings (mean pooling, L2-normalised), cached per instruction."""
+
+    @classmethod
+    def shared(cls, path: str | Path | None = None) -> TextEncoder:
+        """One encoder (and its cache) per model folder in this process: policies evaluated
+        one after another load the model once."""
+        key = str(path) if path else DEFAULT_ENCODER
+        if key not in _SHARED:
+            _SHARED[key] = cls(path)
+        return _SHARED[key]
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 64,
                  max_length: int = 128) -> None:
@@ -52,21 +64,33 @@ class TextEncoder:
         self._cache: dict[str, np.ndarray] = {}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32; each distinct text is encoded once."""
+        """(len(texts), dim) float32; each distinct text is encoded once.
+
+        Texts are batched only with texts of the same token length, so no batch is padded and a
+        text's embedding is the one `encode([text])` gives, whatever else is encoded with it
+        (padded batches differ in the last bit): evaluation results do not depend on which
+        instructions were embedded together, or earlier.
+        """
         import torch
 
         todo = sorted({t for t in texts if t not in self._cache})
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i : i + self.batch_size]
-            batch = self.tokenizer(chunk, padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            with torch.no_grad():
-                h = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"][..., None].float()
-            v = (h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            v = torch.nn.functional.normalize(v, dim=-1).numpy().astype(np.float32)
-            for t, e in zip(chunk, v, strict=True):
-                self._cache[t] = e
+        lengths: dict[int, list[str]] = {}
+        if todo:
+            ids = self.tokenizer(todo, truncation=True, max_length=self.max_length)["input_ids"]
+            for t, i in zip(todo, ids, strict=True):
+                lengths.setdefault(len(i), []).append(t)
+        for _, group in sorted(lengths.items()):
+            for i in range(0, len(group), self.batch_size):
+                chunk = group[i : i + self.batch_size]
+                batch = self.tokenizer(chunk, padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                with torch.no_grad():
+                    h = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"][..., None].float()
+                v = (h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+                v = torch.nn.functional.normalize(v, dim=-1).numpy().astype(np.float32)
+                for t, e in zip(chunk, v, strict=True):
+                    self._cache[t] = e
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._cache[t] for t in texts])

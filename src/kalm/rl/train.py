@@ -2,14 +2,20 @@
 
 The policy folder holds `policy.d3` (d3rlpy's config + weights), `train_config.json` (resolved),
 d3rlpy's logs under `logs/`, and checkpoints under `checkpoints/` written atomically every
-`save_every` steps; `--resume` continues from the last one.
+`save_every` steps; `--resume` continues from the last one exactly: a checkpoint is the d3rlpy
+file (weights, target networks, optimiser states) plus `step-N.state.pt` with what d3rlpy does
+not save: its gradient-step counter (target-network syncs are timed by it), the torch, numpy and
+Python RNG states and kalm's batch sampler state. An interrupted and resumed run ends with the
+same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +52,63 @@ def _atomic_save(algo, path: Path) -> None:
     tmp.replace(path)
 
 
+def _state_file(ckpt: Path) -> Path:
+    return ckpt.with_name(f"{ckpt.stem}.state.pt")
+
+
 def _checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("step-*.d3"), key=lambda p: int(p.stem.split("-")[1]))
+    """Complete checkpoints (the d3rlpy file and its state file), oldest first."""
+    found = [p for p in folder.glob("step-*.d3") if _state_file(p).is_file()]
+    return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
+
+
+def _rng_states() -> dict[str, Any]:
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(),
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(algo, sampler: TransitionSampler, step: int, running: dict[str, float],
+                    folder: Path) -> Path:
+    """`step-N.d3` and `step-N.state.pt`, each written atomically (the state file first: a
+    d3rlpy file without its state file is never used)."""
+    import torch
+
+    ckpt = folder / f"step-{step:08d}.d3"
+    state = {"step": step, "grad_step": int(algo.grad_step), "rng": _rng_states(),
+             "sampler": sampler.rng.bit_generator.state, "running": dict(running)}
+    tmp = folder / f".{_state_file(ckpt).name}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    tmp.replace(_state_file(ckpt))
+    _atomic_save(algo, ckpt)
+    return ckpt
+
+
+def load_checkpoint(ckpt: Path, sampler: TransitionSampler, device: str):
+    """(algo, step, running losses) from a checkpoint, with every RNG and counter restored."""
+    import d3rlpy
+    import torch
+
+    state = torch.load(_state_file(ckpt), weights_only=False)
+    algo = d3rlpy.load_learnable(str(ckpt), device=device)
+    algo.set_grad_step(int(state["grad_step"]))
+    sampler.rng.bit_generator.state = state["sampler"]
+    _set_rng_states(state["rng"])
+    return algo, int(state["step"]), dict(state["running"])
 
 
 def load_data(paths: list[str]) -> EpisodeData | None:
@@ -72,7 +133,7 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     imagined = load_data(cfg.imagined)
     if imagined is not None and imagined.spec != real.spec:
         raise ValueError(f"imagined data is for {imagined.spec}, real data for {real.spec}")
-    encoder = TextEncoder(cfg.text_encoder)
+    encoder = TextEncoder.shared(cfg.text_encoder)
     real_t = to_transitions(real, encoder)
     imag_t = to_transitions(imagined, encoder) if imagined is not None else None
     sampler = TransitionSampler(real_t, imag_t, cfg.imagined_ratio, seed=cfg.seed)
@@ -83,13 +144,10 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     start = 0
+    running: dict[str, float] = {}
     if resume and _checkpoints(ckpt_dir):
-        last = _checkpoints(ckpt_dir)[-1]
-        algo = d3rlpy.load_learnable(str(last), device=cfg.algo.device)
-        start = int(last.stem.split("-")[1])
-        state = json.loads((ckpt_dir / "sampler.json").read_text())
-        if state.get("step") == start:
-            sampler.rng.bit_generator.state = state["rng"]
+        algo, start, running = load_checkpoint(_checkpoints(ckpt_dir)[-1], sampler,
+                                               cfg.algo.device)
     (out / "train_config.json").write_text(json.dumps(
         {**asdict(cfg), "text_encoder_name": encoder.name, "obs_dim": real_t.observations.shape[1],
          "env": real.spec.env, "env_obs_dim": real.spec.obs_dim,
@@ -100,7 +158,6 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     log_path.parent.mkdir(exist_ok=True)
     batch_size = algo.config.batch_size
     sample_s = update_s = 0.0
-    running: dict[str, float] = {}
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.algo.algo}", unit="step",
                disable=not progress)
     for step in range(start + 1, cfg.steps + 1):
@@ -119,10 +176,9 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
             with log_path.open("a") as fh:
                 fh.write(json.dumps({"step": step, **running}) + "\n")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            _atomic_save(algo, ckpt_dir / f"step-{step:08d}.d3")
-            (ckpt_dir / "sampler.json").write_text(json.dumps(
-                {"step": step, "rng": sampler.rng.bit_generator.state}))
+            save_checkpoint(algo, sampler, step, running, ckpt_dir)
             for old in _checkpoints(ckpt_dir)[:-2]:
+                _state_file(old).unlink(missing_ok=True)
                 old.unlink(missing_ok=True)
     bar.close()
     _atomic_save(algo, out / POLICY_FILE)
@@ -169,7 +225,7 @@ class TrainedPolicy:
         import d3rlpy
 
         self.algo = d3rlpy.load_learnable(str(file), device="cpu:0")
-        self.encoder = TextEncoder(text_encoder)
+        self.encoder = TextEncoder.shared(text_encoder)
         self._emb = np.zeros(self.encoder.dim, dtype=np.float32)
 
     def begin(self, env, goal, instruction: str) -> None:
@@ -186,9 +242,22 @@ class TrainedPolicy:
                                  f"(env {self.env!r}); this env has {shape[0]}")
         self._emb = self.encoder.encode([instruction])[0]
 
+    def prepare(self, instructions: Sequence[str]) -> None:
+        """Embed every instruction an evaluation will use, in batches, ahead of time."""
+        self.encoder.encode(list(instructions))
+
     def act(self, obs: np.ndarray) -> int:
         x = np.concatenate([np.asarray(obs, dtype=np.float32), self._emb])[None]
         return int(self.algo.predict(x)[0])
+
+    def act_batch(self, obs: np.ndarray, goals: Sequence[Mapping[str, Any]],
+                  instructions: Sequence[str]) -> np.ndarray:
+        """One `predict` for a batch of episodes: row i is obs[i] ++ the embedding of
+        instructions[i] (each instruction encoded on its own, as `begin` does, so row i is
+        what `act` gives)."""
+        emb = np.stack([self.encoder.encode([t])[0] for t in instructions])
+        x = np.concatenate([np.asarray(obs, dtype=np.float32), emb], axis=1)
+        return np.asarray(self.algo.predict(x), dtype=np.int64)
 
 
 __all__ = ["TrainConfig", "TrainedPolicy", "Transitions", "policy_env", "train_policy"]

@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from kalm.data.episodes import EnvSpecInfo
+from kalm.envs.base import EnvDefinition, EnvSpecInfo, RandomAgent
 from kalm.envs.clevr.constants import NUM_ACTIONS, NUM_BALLS, OBS_DIM, TABLE_HIGH, TABLE_LOW
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success, max_steps, validate_goal
 from kalm.envs.clevr.rewards import episode_rewards
-from kalm.envs.registry import EnvDefinition
 
 LEVELS = ("train", "rephrase", "easy", "hard")
 
@@ -24,15 +23,9 @@ def _suite(level: str) -> Path:
 
 
 def _expert(seed: int):
-    from kalm.data.rollout import ExpertAgent
+    from kalm.envs.clevr.expert import ExpertAgent
 
     return ExpertAgent()
-
-
-def _random(seed: int):
-    from kalm.data.rollout import RandomAgent
-
-    return RandomAgent(seed)
 
 
 def explanation_correct(text: str, goal: Mapping[str, Any]) -> bool:
@@ -44,6 +37,30 @@ def explanation_correct(text: str, goal: Mapping[str, Any]) -> bool:
     if goal["kind"] == "push":
         return parse_push(text) == (goal["object"], goal["direction"])
     return False
+
+
+def _draw_state(obs: np.ndarray, size: int = 220, caption: str = "") -> np.ndarray:
+    from kalm.envs.clevr.render import draw_state
+
+    return draw_state(obs, size=size, caption=caption)
+
+
+def _realism(observations: np.ndarray, actions: np.ndarray) -> dict[str, int]:
+    from kalm.envs.clevr.realism import check_transitions
+
+    return check_transitions(observations, actions)
+
+
+def _replay(env: CLEVRRobotEnv, goal: Mapping[str, Any], s0: np.ndarray, actions):
+    from kalm.envs.clevr.realism import replay
+
+    return replay(env, goal, s0, actions)
+
+
+def _ball_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from kalm.envs.clevr.realism import ball_distance
+
+    return ball_distance(a, b)
 
 
 def _set_state(env: CLEVRRobotEnv, obs: np.ndarray) -> None:
@@ -62,7 +79,12 @@ CLEVR = EnvDefinition(
     max_steps=max_steps,
     episode_rewards=episode_rewards,
     suites={level: _suite(level) for level in LEVELS},
-    policies={"expert": _expert, "random": _random},
+    policies={"expert": _expert, "random": RandomAgent},
     explanation_correct=explanation_correct,
     set_state=_set_state,
+    replay=_replay,
+    realism_checks=_realism,
+    state_distance=_ball_distance,
+    state_units="m",
+    draw_state=_draw_state,
 )

@@ -22,7 +22,7 @@ When no single push makes progress it runs a beam search three pushes deep. The 
 lookahead, so looking ahead never changes the episode. `lookahead=False` gives the plain
 geometric heuristic of spec section 7.2 (no simulation).
 
-`RandomPolicy` draws uniform actions from its own generator (a baseline and a data source).
+`ExpertAgent` puts it behind kalm's Policy interface (begin/act) for collection and evaluation.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from kalm.envs.clevr.constants import (
@@ -426,25 +427,32 @@ class ExpertPolicy:
         return best_a
 
 
-class RandomPolicy:
-    """Uniformly random pushes from a private generator: reproducible given the seed."""
+class ExpertAgent:
+    """The scripted expert behind the Policy interface (it reads the live simulator)."""
 
-    def __init__(self, seed: int | None = None, num_actions: int = NUM_ACTIONS) -> None:
-        self.seed = seed
-        self.num_actions = num_actions
-        self.rng = np.random.default_rng(seed)
+    name = "expert"
 
-    def reset(self) -> None:
-        """Nothing to forget between episodes (the generator keeps running)."""
+    def __init__(self, lookahead: bool = True) -> None:
+        self.lookahead = lookahead
+        self._expert = None
+        self._env: gym.Env | None = None
+        self._goal: Mapping[str, Any] = {}
 
-    def act(self, goal: Mapping[str, Any] | None = None) -> int:
-        del goal
-        return int(self.rng.integers(self.num_actions))
+    def begin(self, env: gym.Env, goal: Mapping[str, Any], instruction: str) -> None:
+        if self._expert is None or self._env is not env:
+            self._expert = ExpertPolicy(env, lookahead=self.lookahead)
+            self._env = env
+        self._expert.reset()
+        self._goal = goal
+
+    def act(self, obs: np.ndarray) -> int:
+        assert self._expert is not None, "begin() must be called before act()"
+        return int(self._expert.act(self._goal))
 
 
 __all__ = [
+    "ExpertAgent",
     "ExpertPolicy",
-    "RandomPolicy",
     "circle_potential",
     "goal_potential",
     "line_layout",

@@ -9,6 +9,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kalm.envs.clevr.constants import BALL_RADIUS, COLORS, RGBA, TABLE_HIGH, TABLE_LOW
+from kalm.io import save_gif
+
+__all__ = ["draw_state", "episode_gif", "save_gif"]
 
 # World window drawn: the walls are at x = +-0.6, y = -0.3 / 0.7.
 VIEW_LOW = np.array([-0.65, -0.35])
@@ -74,22 +77,6 @@ def draw_state(
     if caption:
         draw.text((4, 2), caption[:80], fill=(0, 0, 0))
     return np.asarray(img, dtype=np.uint8)
-
-
-def save_gif(
-    frames: Sequence[np.ndarray], path: str | Path, fps: float = 2.0, loop: int = 0
-) -> Path:
-    """Write frames (H, W, 3 uint8) as an animated GIF, atomically."""
-    if len(frames) == 0:
-        raise ValueError("save_gif needs at least one frame")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
-    tmp = path.with_name(path.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                   duration=int(1000 / fps), loop=loop)
-    tmp.replace(path)
-    return path
 
 
 def episode_gif(

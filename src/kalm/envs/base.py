@@ -1,0 +1,250 @@
+"""The environment interface every other layer builds on: `EnvDefinition`, the policy protocol.
+
+Nothing here imports from the rest of kalm, so episodes, grounding, imagination, RL and evaluation
+can all depend on it while it depends on none of them (data flows env -> episodes -> ... -> report).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EnvSpecInfo:
+    """What an episode file says about its environment."""
+
+    env: str
+    obs_dim: int
+    action_type: str  # "discrete" | "continuous"
+    action_dim: int  # number of actions (discrete) or action size (continuous)
+    obs_type: str = "continuous"
+
+
+class Policy(Protocol):
+    """What a policy gives kalm: told the goal at the start, then one action per observation."""
+
+    def begin(self, env: gym.Env, goal: Mapping[str, Any], instruction: str) -> None: ...
+
+    def act(self, obs: np.ndarray) -> int | np.ndarray: ...
+
+
+class BatchPolicy(Policy, Protocol):
+    """A policy that can also act for many episodes at once (one forward pass per step)."""
+
+    def act_batch(self, obs: np.ndarray, goals: Sequence[Mapping[str, Any]],
+                  instructions: Sequence[str]) -> np.ndarray:
+        """Actions (B,) or (B, A) for observations (B, obs_dim); row i pursues goals[i] given
+        as instructions[i]. Row i must equal what `begin(env, goals[i], instructions[i])`
+        followed by `act(obs[i])` would give."""
+        ...
+
+
+def can_act_batch(policy: Policy) -> bool:
+    return callable(getattr(policy, "act_batch", None))
+
+
+class RandomAgent:
+    """Uniformly random actions: the floor every success rate is read against."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._space: gym.Space | None = None
+
+    def begin(self, env: gym.Env, goal: Mapping[str, Any], instruction: str) -> None:
+        self._space = env.action_space
+
+    def act(self, obs: np.ndarray) -> int | np.ndarray:
+        if self._space is None:
+            raise RuntimeError("begin() must be called before act()")
+        return random_action(self._space, self.rng)
+
+
+def random_action(space: gym.Space, rng: np.random.Generator) -> int | np.ndarray:
+    """A uniform action from `rng` (Discrete: an int; Box: a float32 vector)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.start) + int(rng.integers(int(space.n)))
+    if isinstance(space, gym.spaces.Box):
+        return rng.uniform(space.low, space.high).astype(np.float32)
+    raise TypeError(f"no random actions for {type(space).__name__} action spaces")
+
+
+class EnvError(ValueError):
+    """An env string that does not lead to a usable EnvDefinition; the message names it."""
+
+
+def _takes(fn: Callable[..., Any], n: int) -> bool:
+    """Whether `fn` can be called with n positional arguments (hooks may take fewer)."""
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): assume the full form
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class EnvDefinition:
+    """Everything kalm asks of an environment, as plain functions.
+
+    - `spec`: obs_dim, action_type, action_dim of the episode files (`spec.env` is replaced by
+      the env string the user passed);
+    - `state_low` / `state_high`: per observation dimension, the box generated states are
+      clamped to (also stored in the rollout model);
+    - `make(**kwargs)`: a gymnasium env; `reset(seed=, options={"goal", "instruction", "init"})`
+      returns `info["is_success"]`, `step` reports success in `info["is_success"]` (what
+      collection and evaluation count; an env may also terminate on it, or never terminate,
+      as Meta-World) and truncates at the goal's step limit;
+    - `validate_goal(goal) -> goal`: checks and normalises a goal dict (ValueError naming the
+      field); `is_success(goal, obs[, prev_obs, action])`; `max_steps(goal)`;
+    - `episode_rewards(goal, observations[, actions])`: rewards of an episode (T,), used to label
+      imagined rollouts exactly like the env labels real ones;
+    - `suites`: built-in goal suites, level -> JSONL path;
+    - `policies`: built-in behaviour policies, name -> factory(seed) (`"random"` is added);
+    - optional hooks (None when absent), so that generic stages never reach into one env:
+      `explanation_correct(text, goal)` for the grounding metric and the explanation filter;
+      `set_state(env, obs)` to put the simulator in an observed state, or `replay(env, goal, s0,
+      actions) -> (states, success)` where the env replays more exactly itself, for the
+      replay diagnostics of imagination; `realism_checks(observations, actions) -> {category:
+      count}` of physically implausible transitions; `state_distance(a, b)` per row (default:
+      Euclidean) in `state_units`; `draw_state(obs, size, caption) -> RGB array` for GIFs.
+    """
+
+    name: str
+    spec: EnvSpecInfo
+    state_low: Sequence[float]
+    state_high: Sequence[float]
+    make: Callable[..., gym.Env]
+    validate_goal: Callable[[Any], dict[str, Any]]
+    is_success: Callable[..., bool]
+    max_steps: Callable[[Mapping[str, Any]], int]
+    episode_rewards: Callable[..., Any]
+    suites: Mapping[str, str | Path] = field(default_factory=dict)
+    policies: Mapping[str, Callable[[int], Policy]] = field(default_factory=dict)
+    explanation_correct: Callable[[str, Mapping[str, Any]], bool] | None = None
+    set_state: Callable[[gym.Env, np.ndarray], None] | None = None
+    replay: Callable[..., tuple[np.ndarray, bool]] | None = None
+    realism_checks: Callable[[np.ndarray, np.ndarray], Mapping[str, int]] | None = None
+    state_distance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    state_units: str = ""
+    draw_state: Callable[..., np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        s = self.spec
+        if not isinstance(s, EnvSpecInfo):
+            raise TypeError(f"env {self.name!r}: spec must be a kalm.envs.base.EnvSpecInfo")
+        if s.obs_dim < 1 or s.action_dim < 1:
+            raise ValueError(f"env {self.name!r}: obs_dim and action_dim must be at least 1")
+        if s.action_type not in ("discrete", "continuous"):
+            raise ValueError(f"env {self.name!r}: action_type must be 'discrete' or "
+                             f"'continuous', got {s.action_type!r}")
+        low = tuple(float(v) for v in self.state_low)
+        high = tuple(float(v) for v in self.state_high)
+        for label, v in (("state_low", low), ("state_high", high)):
+            if len(v) != s.obs_dim:
+                raise ValueError(f"env {self.name!r}: {label} has {len(v)} values, "
+                                 f"expected obs_dim={s.obs_dim}")
+        if any(lo > hi for lo, hi in zip(low, high, strict=True)):
+            raise ValueError(f"env {self.name!r}: state_low exceeds state_high somewhere")
+        object.__setattr__(self, "state_low", low)
+        object.__setattr__(self, "state_high", high)
+        for hook in ("make", "validate_goal", "is_success", "max_steps", "episode_rewards"):
+            if not callable(getattr(self, hook)):
+                raise TypeError(f"env {self.name!r}: {hook} must be callable")
+
+    # ------------------------------------------------------------------ specs
+    def episode_spec(self, env: str | None = None) -> EnvSpecInfo:
+        """The spec written to episode files, carrying the env string that finds this env."""
+        return replace(self.spec, env=env or self.spec.env)
+
+    # ------------------------------------------------------------------ uniform calls
+    @cached_property
+    def _success_takes_action(self) -> bool:
+        return _takes(self.is_success, 4)
+
+    @cached_property
+    def _rewards_take_actions(self) -> bool:
+        return _takes(self.episode_rewards, 3)
+
+    def success(self, goal: Mapping[str, Any], obs: Any, prev: Any = None,
+                action: Any = None) -> bool:
+        """`is_success` with the (goal, obs, prev, action) signature the decoder uses."""
+        if self._success_takes_action:
+            return bool(self.is_success(goal, obs, prev, action))
+        return bool(self.is_success(goal, obs))
+
+    def labels(self, goal: Mapping[str, Any], observations: np.ndarray,
+               actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards (from `episode_rewards`) and terminals (success per step) of an episode."""
+        obs = np.asarray(observations, dtype=np.float64)
+        acts = np.asarray(actions)
+        out = (self.episode_rewards(goal, obs, acts) if self._rewards_take_actions
+               else self.episode_rewards(goal, obs))
+        if isinstance(out, tuple):  # (rewards, terminals) is accepted too; terminals recomputed
+            out = out[0]
+        rewards = np.asarray(out, dtype=np.float32).reshape(-1)
+        if rewards.shape != (len(acts),):
+            raise ValueError(f"env {self.name!r}: episode_rewards returned {rewards.shape[0]} "
+                             f"rewards for {len(acts)} actions")
+        terminals = np.array([self.success(goal, obs[t + 1], obs[t], _item(acts[t]))
+                              for t in range(len(acts))], dtype=bool)
+        return rewards, terminals
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per-row distance between two state sequences (the env's hook, else Euclidean)."""
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if self.state_distance is not None:
+            return np.asarray(self.state_distance(a, b), dtype=np.float64).reshape(len(a))
+        return np.linalg.norm(a.reshape(len(a), -1) - b.reshape(len(b), -1), axis=-1)
+
+    def frames(self, observations: np.ndarray, size: int = 256,
+               captions: Sequence[str] | str = "") -> list[np.ndarray]:
+        """One RGB image per state, drawn by the env's `draw_state` hook."""
+        if self.draw_state is None:
+            raise ValueError(f"env {self.name!r} has no draw_state hook, so its states cannot be "
+                             "drawn (see docs/custom-env.md)")
+        if isinstance(captions, str):
+            captions = [captions] * len(observations)
+        return [np.asarray(self.draw_state(o, size, c), dtype=np.uint8)
+                for o, c in zip(observations, captions, strict=True)]
+
+    def suite_path(self, level: str) -> Path | None:
+        """The built-in suite file of `level`, or None when this env has no such suite."""
+        p = self.suites.get(level)
+        return Path(p) if p is not None else None
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(self.suites)
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        """Built-in behaviour policies (always including "random")."""
+        return tuple(sorted({*self.policies, "random"}))
+
+    def policy(self, name: str, seed: int = 0) -> Policy:
+        """A built-in behaviour policy by name (`"random"` for every env)."""
+        factories = dict(self.policies)
+        if "random" not in factories:
+            factories["random"] = RandomAgent
+        if name not in factories:
+            raise ValueError(f"env {self.name!r} has no built-in policy {name!r}; expected one "
+                             f"of {', '.join(sorted(factories))}")
+        return factories[name](seed)
+
+
+def _item(a: Any) -> Any:
+    a = np.asarray(a)
+    return int(a) if a.ndim == 0 and a.dtype.kind in "iub" else a
+
+

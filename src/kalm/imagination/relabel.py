@@ -1,0 +1,265 @@
+"""Relabel imagined rollouts on a learned dynamics ensemble instead of the LLM's own states.
+
+The grounded LLM labels its rollouts on the states it predicted: when those states drift into the
+goal, a rollout whose actions would not reach it enters the RL data as a success. Here the
+imagined action sequence is re-simulated from its s_0 through a dynamics ensemble fitted on the
+real transitions, and success, rewards and terminals come from the env's own functions
+(`definition.labels`) on the ensemble's states, as they do for the LLM's states in imagination:
+success at the first step where the goal holds (the episode ends there, terminal), else a
+timeout at the end of the actions. The simulator is never asked.
+
+Options (both off by default): a MOPO-style penalty `r_t - lam * u_t` with u_t the ensemble's
+disagreement on step t, and truncation before the first step whose u_t exceeds a threshold (the
+ensemble does not know what happens there, so the episode ends as a timeout, never a terminal).
+
+`judge_quality` measures any "judged successful" signal (the LLM's `self_success`, the
+ensemble's verdict, a score) against the simulator diagnostic `replay_success` that `kalm
+imagine` stores: precision, recall, AUROC and the share of rollouts the signal keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
+from kalm.envs.base import EnvDefinition
+from kalm.envs.registry import get_env
+
+EXTRA_KEYS = ("ensemble_success", "ensemble_uncertainty_mean", "ensemble_uncertainty_max",
+              "ensemble_truncated", "ensemble_steps")
+
+
+class Dynamics(Protocol):
+    """What relabelling needs of a dynamics model (DynamicsEnsemble, or a stub in tests)."""
+
+    def rollout(self, s0: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Open-loop states (T+1, obs) and per-step uncertainty (T,); with a leading batch
+        dimension on both arguments, (B, T+1, obs) and (B, T)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    penalty: float = 0.0  # lam of r_t - lam * u_t; 0 = off
+    max_uncertainty: float | None = None  # truncate before the first step above it; None = off
+
+    def __post_init__(self) -> None:
+        if self.penalty < 0:
+            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+        if self.max_uncertainty is not None and self.max_uncertainty < 0:
+            raise ValueError(f"max_uncertainty must be >= 0, got {self.max_uncertainty}")
+
+
+def _check_dynamics(dynamics: Dynamics, definition: EnvDefinition) -> None:
+    spec = getattr(dynamics, "spec", None)
+    if spec is None:
+        return
+    mine, theirs = definition.spec, spec
+    for k in ("obs_dim", "action_type", "action_dim"):
+        if getattr(theirs, k) != getattr(mine, k):
+            raise ValueError(f"the dynamics model was fitted for {k}={getattr(theirs, k)!r}, "
+                             f"env {definition.name!r} has {k}={getattr(mine, k)!r}")
+
+
+def _item(a: Any) -> Any:
+    a = np.asarray(a)
+    return int(a) if a.ndim == 0 and a.dtype.kind in "iu" else a
+
+
+def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndarray,
+                      definition: EnvDefinition, cfg: RelabelConfig = RelabelConfig()
+                      ) -> Episode:
+    """The episode's actions on re-simulated `states` (T+1, obs) with per-step `uncertainty`
+    (T,): cut at the first success (terminal) or the first untrusted step (timeout), labelled
+    with the env's own functions. May return a 0-step episode (the first step is untrusted)."""
+    actions = np.asarray(episode.actions)
+    n = len(actions)
+    states = np.asarray(states, dtype=np.float32)[: n + 1]
+    u = np.asarray(uncertainty, dtype=np.float32)[:n]
+    goal = episode.goal
+    success_at = next((t for t in range(n)
+                       if definition.success(goal, states[t + 1], states[t], _item(actions[t]))),
+                      None)
+    judged = n if success_at is None else success_at + 1  # steps the verdict rests on
+    over = (np.flatnonzero(u[:judged] > cfg.max_uncertainty)
+            if cfg.max_uncertainty is not None else np.zeros(0, dtype=np.int64))
+    truncated = len(over) > 0
+    length = int(over[0]) if truncated else judged
+    success = success_at is not None and not truncated
+    if length:
+        rewards, terminals = definition.labels(goal, states[: length + 1], actions[:length])
+    else:
+        rewards, terminals = np.zeros(0, np.float32), np.zeros(0, bool)
+    if cfg.penalty:
+        rewards = (rewards - np.float32(cfg.penalty) * u[:length]).astype(np.float32)
+    considered = u[:judged]
+    extras = {**episode.extras,
+              "ensemble_success": bool(success),
+              "ensemble_uncertainty_mean": float(considered.mean()) if judged else 0.0,
+              "ensemble_uncertainty_max": float(considered.max()) if judged else 0.0,
+              "ensemble_truncated": bool(truncated),
+              "ensemble_steps": int(length)}
+    return Episode(states[: length + 1].copy(), actions[:length].copy(),
+                   np.asarray(rewards, np.float32), np.asarray(terminals, bool),
+                   episode.instruction, dict(goal), extras=extras,
+                   successes=np.asarray(terminals, bool).copy())
+
+
+def relabel_episode(episode: Episode, dynamics: Dynamics, definition: EnvDefinition,
+                    cfg: RelabelConfig = RelabelConfig()) -> Episode:
+    """Re-simulate one imagined episode's actions from its s_0 and relabel it (see
+    `label_resimulated`)."""
+    _check_dynamics(dynamics, definition)
+    states, u = dynamics.rollout(np.asarray(episode.observations[0]),
+                                 np.asarray(episode.actions))
+    return label_resimulated(episode, states, u, definition, cfg)
+
+
+@dataclass
+class RelabelStats:
+    episodes: int
+    kept: int  # with at least one trusted step
+    dropped_untrusted: int  # whose first step was already over the threshold
+    # over the kept episodes:
+    self_success: int | None  # the LLM's verdicts, when the file has them
+    ensemble_success: int
+    agree: int | None  # both verdicts equal
+    truncated: int  # cut before an untrusted step
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def relabel(data: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
+            cfg: RelabelConfig = RelabelConfig(), batch_size: int = 4096,
+            ) -> tuple[list[Episode], RelabelStats]:
+    """Relabel every imagined episode of `data` (re-simulated in batches); episodes left
+    without a trusted step are dropped (counted in the stats). Returns the relabelled episodes,
+    each with its scores in extras, ready for `EpisodeData.from_episodes`."""
+    if data.spec.obs_dim != definition.spec.obs_dim:
+        raise ValueError(f"episodes have obs_dim={data.spec.obs_dim}, env "
+                         f"{definition.name!r} has {definition.spec.obs_dim}")
+    _check_dynamics(dynamics, definition)
+    out: list[Episode] = []
+    dropped = 0
+    for lo in range(0, len(data), batch_size):
+        idx = np.arange(lo, min(lo + batch_size, len(data)))
+        t_max = int(data.lengths[idx].max())
+        states, u = dynamics.rollout(data.observations[idx, 0], data.actions[idx, :t_max])
+        for row, i in enumerate(idx):
+            ep = label_resimulated(data.episode(int(i)), states[row], u[row], definition, cfg)
+            if ep.length == 0:
+                dropped += 1
+                continue
+            out.append(ep)
+    self_ok = [bool(e.extras["self_success"]) for e in out if "self_success" in e.extras]
+    has_self = bool(out) and len(self_ok) == len(out)
+    ens_ok = [bool(e.extras["ensemble_success"]) for e in out]
+    stats = RelabelStats(
+        episodes=len(data), kept=len(out), dropped_untrusted=dropped,
+        self_success=sum(self_ok) if has_self else None,
+        ensemble_success=sum(ens_ok),
+        agree=sum(a == b for a, b in zip(self_ok, ens_ok, strict=True)) if has_self else None,
+        truncated=sum(bool(e.extras["ensemble_truncated"]) for e in out),
+        config=asdict(cfg))
+    return out, stats
+
+
+def relabel_file(path: str | Path, dynamics: Dynamics, out: str | Path,
+                 cfg: RelabelConfig = RelabelConfig(),
+                 definition: EnvDefinition | None = None) -> RelabelStats:
+    """Relabel an imagined episode file (of `kalm imagine`) into `out`, written atomically."""
+    data = read_episodes(path)
+    if data.source != "imagined":
+        raise ValueError(f"{path}: relabelling is for imagined episodes, this file holds "
+                         f"{data.source!r} ones")
+    definition = definition or get_env(data.spec.env)
+    episodes, stats = relabel(data, dynamics, definition, cfg)
+    if not episodes:
+        raise RuntimeError(f"{path}: no relabelled rollout has a trusted step "
+                           f"(max_uncertainty={cfg.max_uncertainty})")
+    attrs = {**data.attrs, "relabelled": "dynamics-ensemble", "relabel_penalty": cfg.penalty}
+    if cfg.max_uncertainty is not None:
+        attrs["relabel_max_uncertainty"] = cfg.max_uncertainty
+    write_episodes(EpisodeData.from_episodes(episodes, data.spec, source="imagined",
+                                             attrs=attrs), out)
+    return stats
+
+
+# ---------------------------------------------------------------------- judging the judges
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (the probability that a random positive scores above a random
+    negative, ties counting half); None when the labels are all one class."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+@dataclass(frozen=True)
+class JudgeQuality:
+    """How well a "judged successful" signal predicts the simulator's replayed success."""
+
+    n: int  # rollouts judged (those with a replay)
+    positives: int  # replayed successes
+    kept: int  # judged successful
+    true_positives: int
+    kept_share: float | None
+    precision: float | None  # of the kept, the share that really succeed
+    recall: float | None  # of the real successes, the share kept
+    false_positive_rate: float | None  # of the real failures, the share kept
+    auroc: float | None  # of the score (of the boolean verdict when no score was given)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge_quality(episodes: Sequence[Episode], judged: Sequence[bool] | np.ndarray | str,
+                  score: Sequence[float] | np.ndarray | str | None = None,
+                  truth_key: str = "replay_success") -> JudgeQuality:
+    """Precision / recall / AUROC of `judged` (a per-episode boolean, or the extras key that
+    holds it) against `extras[truth_key]`; `score` (values or an extras key) ranks for the
+    AUROC, else the verdict itself does. Episodes `kalm imagine` could not replay
+    (`extras["replayed"]` false) are left out."""
+    def values(v: Sequence[Any] | np.ndarray | str) -> np.ndarray:
+        if isinstance(v, str):
+            return np.asarray([e.extras[v] for e in episodes])
+        arr = np.asarray(v)
+        if len(arr) != len(episodes):
+            raise ValueError(f"{len(arr)} values for {len(episodes)} episodes")
+        return arr
+
+    use = np.asarray([bool(e.extras.get("replayed", True)) for e in episodes], dtype=bool)
+    truth = np.asarray([bool(e.extras[truth_key]) for e in episodes], dtype=bool)[use]
+    verdict = values(judged).astype(bool)[use]
+    ranking = verdict.astype(np.float64) if score is None else \
+        values(score).astype(np.float64)[use]
+    n, kept = int(use.sum()), int(verdict.sum())
+    tp = int((verdict & truth).sum())
+    positives = int(truth.sum())
+    return JudgeQuality(n=n, positives=positives, kept=kept, true_positives=tp,
+                        kept_share=kept / n if n else None,
+                        precision=tp / kept if kept else None,
+                        recall=tp / positives if positives else None,
+                        false_positive_rate=(kept - tp) / (n - positives) if n > positives
+                        else None,
+                        auroc=auroc(ranking, truth) if n else None)
+
