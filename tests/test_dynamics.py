@@ -295,8 +295,8 @@ def test_relabel_file_writes_a_valid_imagined_file(expert_episode, tmp_path):
     ep.extras["level"] = "rephrase"
     data = EpisodeData.from_episodes([ep, ep], CLEVR.episode_spec("clevr"), source="imagined")
     write_episodes(data, tmp_path / "im.h5")
-    stats = relabel_file(tmp_path / "im.h5", SimulatorDynamics(GOAL), tmp_path / "re.h5",
-                         RelabelConfig(penalty=0.5))
+    stats, _ = relabel_file(tmp_path / "im.h5", SimulatorDynamics(GOAL), tmp_path / "re.h5",
+                            RelabelConfig(penalty=0.5))
     out = read_episodes(tmp_path / "re.h5")
     assert len(out) == 2 and stats.ensemble_success == 2 and out.attrs["relabel_penalty"] == 0.5
     assert out.extras["ensemble_success"].all() and out.terminals[np.arange(2),
@@ -342,3 +342,44 @@ def test_auroc_matches_the_rank_definition():
     pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
     assert auroc(s, y) == pytest.approx(pairs)
     assert auroc(s, np.ones(200, bool)) is None
+
+
+def test_cli_fits_an_ensemble_and_relabels_keeping_only_successes(expert_episode, tmp_path):
+    from click.testing import CliRunner
+
+    from kalm.cli import main
+
+    real = expert_episode
+    spec = CLEVR.episode_spec("clevr")
+    write_episodes(EpisodeData.from_episodes([real] * 4, spec, source="real"), tmp_path / "r.h5")
+    run = CliRunner().invoke
+    r = run(main, ["dynamics", "--real", str(tmp_path / "r.h5"), "--out", str(tmp_path / "dyn"),
+                   "--members", "2", "--hidden", "16", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "dyn" / META).is_file()
+
+    # one rollout that stays put (judged successful on its own states by construction below)
+    # and one with the real actions; only the ensemble's judgement decides what is kept
+    still = imagined(real, np.repeat(real.observations[:1], real.length + 1, axis=0),
+                     real.actions)
+    moving = imagined(real, real.observations, real.actions)
+    write_episodes(EpisodeData.from_episodes([still, moving], spec, source="imagined"),
+                   tmp_path / "im.h5")
+    r = run(main, ["relabel", str(tmp_path / "im.h5"), "--dynamics", str(tmp_path / "dyn"),
+                   "--out", str(tmp_path / "all.h5")])
+    assert r.exit_code == 0, r.output
+    every = read_episodes(tmp_path / "all.h5")
+    assert len(every) == 2 and "ensemble_success" in r.output
+    ok = every.extras["ensemble_success"].astype(bool)
+    r = run(main, ["relabel", str(tmp_path / "im.h5"), "--dynamics", str(tmp_path / "dyn"),
+                   "--out", str(tmp_path / "ok.h5"), "--keep", "success"])
+    if ok.any():
+        assert r.exit_code == 0, r.output
+        kept = read_episodes(tmp_path / "ok.h5")
+        assert len(kept) == int(ok.sum()) and kept.extras["ensemble_success"].all()
+    else:
+        assert r.exit_code != 0 and "no relabelled rollout is left" in r.output
+
+    r = run(main, ["relabel", str(tmp_path / "r.h5"), "--dynamics", str(tmp_path / "dyn"),
+                   "--out", str(tmp_path / "x.h5")])
+    assert r.exit_code != 0 and "imagined episodes" in r.output

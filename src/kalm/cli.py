@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
     if gif and definition.draw_state is None:
         _fail(ValueError(f"--gif: env {definition.name!r} has no draw_state hook"))
     try:
-        goal_suite = resolve_suite(suite, suite_file, env)
+        goal_suite = resolve_suite(suite, suite_file, definition)
         result = evaluate_policy(factory, goal_suite, episodes, seed=seed, workers=workers,
                                  init_region=init_region, name=policy, env=env)
     except (SuiteError, ValueError) as exc:
@@ -273,7 +274,6 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
         result = run_ground(cfg, resume=resume)
     except (ConfigError, BackboneError, CheckpointMismatch, ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    import json
 
     click.echo(json.dumps(result, indent=2)[:4000])
     click.echo(f"saved the grounded model to {cfg.out}")
@@ -316,7 +316,6 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
     (self-judged and replayed in the real simulator), unrealistic-transition rates and the
     state error against the simulator per step.
     """
-    import json
 
     from kalm.data.suites import SuiteError
     from kalm.imagination.stage import ImagineConfig
@@ -357,6 +356,75 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
 
 
 @main.command()
+@click.option("--real", required=True, type=click.Path(dir_okay=False),
+              help="Real episode file (the data the LLM was grounded on).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for dynamics.safetensors and dynamics.json.")
+@click.option("--members", type=int, default=5, show_default=True)
+@click.option("--hidden", type=int, default=256, show_default=True)
+@click.option("--epochs", type=int, default=100, show_default=True,
+              help="At most; early stopping on held-out episodes usually ends sooner.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def dynamics(real, out, members, hidden, epochs, seed) -> None:
+    """Fit a dynamics ensemble on real transitions, to judge imagined rollouts without the
+    simulator (`kalm relabel`)."""
+    from kalm.data.episodes import EpisodeFileError, read_episodes
+    from kalm.envs.registry import EnvError, get_env
+    from kalm.imagination.dynamics import DynamicsConfig, DynamicsEnsemble
+
+    try:
+        data = read_episodes(real)
+        definition = get_env(data.spec.env)
+        ens = DynamicsEnsemble.fit(
+            data, DynamicsConfig(members=members, hidden=hidden, epochs=epochs, seed=seed),
+            bounds=(definition.state_low, definition.state_high))
+    except (EpisodeFileError, EnvError, ValueError) as exc:
+        _fail(exc)
+    ens.save(out)
+    d = ens.describe()
+    click.echo(f"wrote {out}: {members} members, held-out disagreement q99 "
+               f"{ens.uncertainty_quantile(0.99):.3f}; {json.dumps(d.get('training', {}))[:200]}")
+
+
+@main.command()
+@click.argument("imagined_file", type=click.Path(dir_okay=False))
+@click.option("--dynamics", "dynamics_dir", required=True, type=click.Path(file_okay=False),
+              help="A dynamics ensemble folder (`kalm dynamics`).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
+@click.option("--penalty", type=float, default=0.0, show_default=True,
+              help="MOPO-style reward penalty: r - penalty * uncertainty.")
+@click.option("--max-uncertainty-quantile", type=float, default=None,
+              help="Truncate a rollout before the first step whose ensemble disagreement "
+                   "exceeds this quantile of the held-out real disagreement (e.g. 0.99).")
+@click.option("--keep", type=click.Choice(["all", "success"]), default="all",
+              show_default=True,
+              help="success: write only rollouts the ensemble judges successful (for BC).")
+def relabel(imagined_file, dynamics_dir, out, penalty, max_uncertainty_quantile, keep) -> None:
+    """Re-simulate imagined actions through a dynamics ensemble and relabel success, rewards
+    and terminals on its states (no simulator involved)."""
+    from kalm.data.episodes import EpisodeFileError, read_episodes
+    from kalm.imagination.dynamics import DynamicsEnsemble, DynamicsFileError
+    from kalm.imagination.relabel import RelabelConfig, judge_quality, relabel_file
+
+    try:
+        spec = read_episodes(imagined_file).spec
+        ens = DynamicsEnsemble.load(dynamics_dir, spec=spec)
+        limit = (ens.uncertainty_quantile(max_uncertainty_quantile)
+                 if max_uncertainty_quantile is not None else None)
+        stats, episodes = relabel_file(imagined_file, ens, out,
+                                       RelabelConfig(penalty=penalty, max_uncertainty=limit),
+                                       keep=keep)
+    except (EpisodeFileError, DynamicsFileError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(stats.to_json()))
+    if episodes and all("replay_success" in e.extras for e in episodes):
+        click.echo("judged successful vs replayed in the simulator (a diagnostic):")
+        for name in ("self_success", "ensemble_success"):
+            click.echo(f"  {name}: {json.dumps(judge_quality(episodes, name).to_json())}")
+    click.echo(f"wrote {out}")
+
+
+@main.command()
 @click.option("--algo", type=click.Choice(["bc", "cql", "bcq", "sac"]), default="cql",
               show_default=True, help="d3rlpy discrete algorithm (paper hyper-parameters).")
 @click.option("--real", required=True, type=click.Path(dir_okay=False),
@@ -376,7 +444,6 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
 def train(algo, real, imagined, imagined_ratio, steps, out, seed, save_every, config_file,
           resume) -> None:
     """Train a goal-conditioned offline-RL policy (d3rlpy) on real (+ imagined) episodes."""
-    import json
 
     from kalm.config import ConfigError, from_dict, load_yaml
     from kalm.data.episodes import EpisodeFileError

@@ -171,25 +171,39 @@ def relabel(data: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
     return out, stats
 
 
+KEEP = ("all", "success")
+
+
 def relabel_file(path: str | Path, dynamics: Dynamics, out: str | Path,
                  cfg: RelabelConfig = RelabelConfig(),
-                 definition: EnvDefinition | None = None) -> RelabelStats:
-    """Relabel an imagined episode file (of `kalm imagine`) into `out`, written atomically."""
+                 definition: EnvDefinition | None = None, keep: str = "all",
+                 ) -> tuple[RelabelStats, list[Episode]]:
+    """Relabel an imagined episode file (of `kalm imagine`) into `out`, written atomically.
+
+    `keep="success"` writes only the rollouts the ensemble judges successful: what an
+    imitation learner (BC) should see, since it copies every action it is given; value-based
+    learners can take them all, failures included. Returns the stats and every relabelled
+    episode (also those not written), for judging the judge."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     data = read_episodes(path)
     if data.source != "imagined":
         raise ValueError(f"{path}: relabelling is for imagined episodes, this file holds "
                          f"{data.source!r} ones")
     definition = definition or get_env(data.spec.env)
-    episodes, stats = relabel(data, dynamics, definition, cfg)
+    relabelled, stats = relabel(data, dynamics, definition, cfg)
+    episodes = (relabelled if keep == "all"
+                else [e for e in relabelled if e.extras["ensemble_success"]])
     if not episodes:
-        raise RuntimeError(f"{path}: no relabelled rollout has a trusted step "
-                           f"(max_uncertainty={cfg.max_uncertainty})")
-    attrs = {**data.attrs, "relabelled": "dynamics-ensemble", "relabel_penalty": cfg.penalty}
+        raise RuntimeError(f"{path}: no relabelled rollout is left to write (keep={keep!r}, "
+                           f"max_uncertainty={cfg.max_uncertainty})")
+    attrs = {**data.attrs, "relabelled": "dynamics-ensemble", "relabel_penalty": cfg.penalty,
+             "relabel_keep": keep}
     if cfg.max_uncertainty is not None:
         attrs["relabel_max_uncertainty"] = cfg.max_uncertainty
     write_episodes(EpisodeData.from_episodes(episodes, data.spec, source="imagined",
                                              attrs=attrs), out)
-    return stats
+    return stats, relabelled
 
 
 # ---------------------------------------------------------------------- judging the judges

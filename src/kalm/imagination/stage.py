@@ -28,7 +28,7 @@ from tqdm import tqdm
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
 from kalm.data.rollout import episode_seed, reset_unsolved
 from kalm.data.suites import resolve_suite
-from kalm.envs.registry import EnvDefinition, get_env, make_env
+from kalm.envs.registry import EnvDefinition, EnvLike, get_env, make_env
 from kalm.imagination.quality import QualityReport, RolloutCheck, assess_rollout
 from kalm.io import write_json
 from kalm.llm.device import resolve_device
@@ -70,7 +70,7 @@ class Task:
     init: tuple[float, ...] | None
 
 
-def plan_tasks(cfg: ImagineConfig, env: str = "clevr") -> list[Task]:
+def plan_tasks(cfg: ImagineConfig, env: EnvLike = "clevr") -> list[Task]:
     suite = resolve_suite(cfg.suite, cfg.suite_file, env)
     tasks = []
     groups = suite.groups()
@@ -190,7 +190,7 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
         raise ValueError(f"--filter-explanation needs env {definition.name!r} to define "
                          "explanation_correct")
     spec = RolloutSpec.for_env(definition, env_name)
-    tasks = plan_tasks(cfg, env_name)
+    tasks = plan_tasks(cfg, definition)
     if model is None:
         backbone = None
         if cfg.backbone:

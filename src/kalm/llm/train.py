@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from kalm.llm.saving import (
     save_rollout_model,
     trainable_state,
 )
+
+if TYPE_CHECKING:
+    from kalm.envs.base import EnvDefinition
 
 
 @dataclass
@@ -126,17 +129,19 @@ def spec_for(data: EpisodeData) -> RolloutSpec:
     return spec
 
 
-def env_paraphrases(env: str, level: str) -> Paraphrases:
-    """Paraphrases from the env's built-in suite `level`, when it has one."""
+def env_paraphrases(env: str, level: str, definition: EnvDefinition | None = None
+                    ) -> Paraphrases:
+    """Paraphrases from the env's built-in suite `level`, when it has one (`definition`: the
+    env already looked up, else found from the string)."""
     from kalm.envs.registry import find_env
 
-    definition = find_env(env)
+    definition = definition if definition is not None else find_env(env)
     if definition is None or not level or not definition.levels or (
             level == "train" and definition.suite_path(level) is None):  # default, absent
         return Paraphrases()
     from kalm.data.suites import load_builtin_suite
 
-    return Paraphrases.from_suite(load_builtin_suite(level, env))
+    return Paraphrases.from_suite(load_builtin_suite(level, definition))
 
 
 def split_episodes(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
