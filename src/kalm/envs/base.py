@@ -196,7 +196,7 @@ class EnvDefinition:
         if rewards.shape != (len(acts),):
             raise ValueError(f"env {self.name!r}: episode_rewards returned {rewards.shape[0]} "
                              f"rewards for {len(acts)} actions")
-        terminals = np.array([self.success(goal, obs[t + 1], obs[t], _item(acts[t]))
+        terminals = np.array([self.success(goal, obs[t + 1], obs[t], action_item(acts[t]))
                               for t in range(len(acts))], dtype=bool)
         return rewards, terminals
 
@@ -243,7 +243,8 @@ class EnvDefinition:
         return factories[name](seed)
 
 
-def _item(a: Any) -> Any:
+def action_item(a: Any) -> Any:
+    """A discrete action as a plain int (what success hooks compare), anything else as is."""
     a = np.asarray(a)
     return int(a) if a.ndim == 0 and a.dtype.kind in "iub" else a
 

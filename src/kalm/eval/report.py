@@ -185,8 +185,7 @@ def side_by_side_gifs(root: Path, folder: Path, level: str, k: int, definition) 
     try:
         for i in range(min(k, len(data))):
             ep = data.episode(i)
-            acts = [int(a) if np.ndim(a) == 0 else np.asarray(a, np.float32) for a in ep.actions]
-            replayed = replay_actions(definition, env, ep.goal, ep.observations[0], acts)
+            replayed = replay_actions(definition, env, ep.goal, ep.observations[0], ep.actions)
             if replayed is None:
                 return out
             real, ok = replayed

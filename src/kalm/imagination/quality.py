@@ -16,7 +16,7 @@ realistic for `--filter`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +52,10 @@ def check_rollout(definition: EnvDefinition, observations: np.ndarray,
 
 
 def replay_actions(definition: EnvDefinition, env: gym.Env, goal: Mapping[str, Any],
-                   s0: np.ndarray, actions: list[Any]) -> tuple[np.ndarray, bool] | None:
+                   s0: np.ndarray, actions: Sequence[Any]) -> tuple[np.ndarray, bool] | None:
     """Real states after replaying `actions` from s0 and whether the goal holds at the end;
     None when the env can be put in neither a given state nor replayed."""
+    actions = [_action(a) for a in actions]
     if definition.replay is not None:
         states, ok = definition.replay(env, goal, s0, actions)
         return np.asarray(states, dtype=np.float64).reshape(len(actions) + 1, -1), bool(ok)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
-from kalm.envs.base import EnvDefinition
+from kalm.envs.base import EnvDefinition, action_item
 from kalm.envs.registry import get_env
 
 EXTRA_KEYS = ("ensemble_success", "ensemble_uncertainty_mean", "ensemble_uncertainty_max",
@@ -66,11 +66,6 @@ def _check_dynamics(dynamics: Dynamics, definition: EnvDefinition) -> None:
                              f"env {definition.name!r} has {k}={getattr(mine, k)!r}")
 
 
-def _item(a: Any) -> Any:
-    a = np.asarray(a)
-    return int(a) if a.ndim == 0 and a.dtype.kind in "iu" else a
-
-
 def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndarray,
                       definition: EnvDefinition, cfg: RelabelConfig = RelabelConfig()
                       ) -> Episode:
@@ -82,9 +77,8 @@ def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndar
     states = np.asarray(states, dtype=np.float32)[: n + 1]
     u = np.asarray(uncertainty, dtype=np.float32)[:n]
     goal = episode.goal
-    success_at = next((t for t in range(n)
-                       if definition.success(goal, states[t + 1], states[t], _item(actions[t]))),
-                      None)
+    success_at = next((t for t in range(n) if definition.success(
+        goal, states[t + 1], states[t], action_item(actions[t]))), None)
     judged = n if success_at is None else success_at + 1  # steps the verdict rests on
     over = (np.flatnonzero(u[:judged] > cfg.max_uncertainty)
             if cfg.max_uncertainty is not None else np.zeros(0, dtype=np.int64))
