@@ -19,3 +19,20 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def expert_episode():
+    """A real CLEVR expert episode reaching test_dynamics.GOAL (red left of blue) in a few
+    pushes: the ground truth that relabelling and labelling tests build imagined rollouts on."""
+    from kalm.data.rollout import run_episode
+    from kalm.envs.registry import get_env, make_env
+
+    clevr = get_env("clevr")
+    goal = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
+    env = make_env(clevr, "paper")
+    for seed in range(20):
+        ep = run_episode(env, clevr.policy("expert"), goal, "Put red left of blue.", seed)
+        if ep.success and 2 <= ep.length <= 8:
+            return ep
+    pytest.skip("no short expert episode found")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
-from kalm.data.rollout import run_episode
 from kalm.envs.base import EnvSpecInfo
 from kalm.envs.registry import get_env, make_env
 from kalm.imagination.dynamics import (
@@ -201,17 +200,6 @@ class SimulatorDynamics:
         u = (np.full(len(actions), 0.1, np.float32) if self.uncertainty is None
              else self.uncertainty[: len(actions)])
         return states.astype(np.float32), u
-
-
-@pytest.fixture(scope="module")
-def expert_episode() -> Episode:
-    """A real expert episode reaching GOAL in a few pushes."""
-    env = make_env(CLEVR, "paper")
-    for seed in range(20):
-        ep = run_episode(env, CLEVR.policy("expert"), GOAL, "Put red left of blue.", seed)
-        if ep.success and 2 <= ep.length <= 8:
-            return ep
-    pytest.skip("no short expert episode found")
 
 
 def imagined(real: Episode, observations: np.ndarray, actions: np.ndarray) -> Episode:

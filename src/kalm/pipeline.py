@@ -1,4 +1,4 @@
-"""`kalm run`: collect -> ground -> imagine -> train -> evaluate -> report, resumable.
+"""`kalm run`: collect -> (dynamics) -> ground -> imagine -> label -> train -> evaluate -> report.
 
 Every stage owns one folder under the run folder and a record (`stage.json`) with its resolved
 config, the hash of that config and of its inputs' records, its output files' checksums and its
@@ -23,18 +23,23 @@ from kalm.io import digest, file_sha256, superseded_name, write_json
 from kalm.run_folder import (
     COLLECT,
     CONFIG_FILE,
+    DYNAMICS,
     GROUND,
+    PAPER,
     RECORD,
     REPORT,
     RunConfig,
     compare_config,
     evaluate_stage,
     imagine_stage,
+    imagined_data,
+    label_stage,
     load_run,
     load_run_config,
     real_data,
     stage_names,
     train_stage,
+    variants,
 )
 
 # the config and layout used to live here; kept importable for scripts written against it
@@ -178,10 +183,21 @@ def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
             "suite_file": cfg.suite_file, **({"goals": im.goals} if im.goals is not None else {})}
 
 
-def train_config(cfg: RunConfig, algo: str, seed: int) -> dict[str, Any]:
-    """What training one algorithm and seed reads: its own steps, not the other algorithms'."""
-    return {"algo": algo, "seed": seed, "steps": cfg.rl.steps[algo],
-            "imagined_ratio": cfg.rl.imagined_ratio, "levels": list(cfg.imagine.levels)}
+def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = None
+                 ) -> dict[str, Any]:
+    """What training one algorithm and seed reads: its own steps, not the other algorithms',
+    and which labelled rollouts it learns from at which share (the paper variant: all of the
+    LLM-labelled ones at 1:1)."""
+    levels = list(cfg.imagine.levels)
+    base = {"algo": algo, "seed": seed, "steps": cfg.rl.steps[algo], "levels": levels}
+    if variant == PAPER:
+        return {**base, "variant": PAPER}
+    return {**base, "keep": cfg.rl.keep_for(algo),
+            "imagined_ratio": {lv: cfg.rl.ratio_for(lv) for lv in levels}}
+
+
+def label_config(cfg: RunConfig, level: str) -> dict[str, Any]:
+    return {"level": level, **to_dict(cfg.label)}
 
 
 def evaluate_config(cfg: RunConfig) -> dict[str, Any]:
@@ -211,6 +227,21 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         return [out]
 
     stages.append(Stage(COLLECT, _hashed(to_dict(cfg.collect)), [], run_collect))
+
+    if cfg.label.needs_dynamics:
+        def run_dynamics(folder: Path) -> list[Path]:
+            from kalm.data.episodes import read_episodes
+            from kalm.envs.registry import get_env
+            from kalm.imagination.dynamics import META, WEIGHTS, DynamicsEnsemble
+
+            definition = get_env(cfg.env)
+            ens = DynamicsEnsemble.fit(read_episodes(real_data(root)), cfg.dynamics,
+                                       bounds=(definition.state_low, definition.state_high),
+                                       threads=None)
+            ens.save(folder)
+            return [folder / WEIGHTS, folder / META]
+
+        stages.append(Stage(DYNAMICS, to_dict(cfg.dynamics), [COLLECT], run_dynamics))
 
     def run_ground(folder: Path) -> list[Path]:
         from kalm.llm.train import ground
@@ -243,27 +274,54 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage(imagine_stage(level), imagine_config(cfg, level), [GROUND],
                             run_imagine))
 
+    needs_dynamics = cfg.label.needs_dynamics
+    for level in cfg.imagine.levels:
+        def run_label(folder: Path, level: str = level) -> list[Path]:
+            from kalm.envs.registry import get_env
+            from kalm.imagination.labelling import STATS_FILE, label_level
+
+            dynamics = None
+            imagined = imagined_data(root, level)
+            if needs_dynamics:
+                from kalm.data.episodes import read_episodes
+                from kalm.imagination.dynamics import DynamicsEnsemble
+
+                dynamics = DynamicsEnsemble.load(root / DYNAMICS,
+                                                 spec=read_episodes(imagined).spec)
+            stats = label_level(imagined, folder, cfg.label, get_env(cfg.env), dynamics)
+            return [folder / STATS_FILE, *(folder / f for f in stats["files"].values() if f)]
+
+        stages.append(Stage(label_stage(level), label_config(cfg, level),
+                            [imagine_stage(level), *([DYNAMICS] if needs_dynamics else [])],
+                            run_label))
+
     imagine_stages = [imagine_stage(lv) for lv in cfg.imagine.levels]
+    label_stages = [label_stage(lv) for lv in cfg.imagine.levels]
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
-            def run_train(folder: Path, algo: str = algo, seed: int = seed) -> list[Path]:
-                from kalm.eval.compare import train_seed
+            for variant in variants(cfg):
+                def run_train(folder: Path, algo: str = algo, seed: int = seed,
+                              variant: str | None = variant) -> list[Path]:
+                    from kalm.eval.compare import train_seed
 
-                return [p / "policy.d3" for p in
-                        train_seed(compare_config(cfg, algo, root), folder, seed)]
+                    return [p / "policy.d3" for p in
+                            train_seed(compare_config(cfg, algo, root, variant), folder, seed)]
 
-            stages.append(Stage(train_stage(algo, seed), train_config(cfg, algo, seed),
-                                [COLLECT, *imagine_stages], run_train))
+                data_stages = imagine_stages if variant == PAPER else label_stages
+                train_name = train_stage(algo, seed, variant)
+                stages.append(Stage(train_name, train_config(cfg, algo, seed, variant),
+                                    [COLLECT, *data_stages], run_train))
 
-            def run_eval(folder: Path, algo: str = algo, seed: int = seed) -> list[Path]:
-                from kalm.eval.compare import evaluate_seed
+                def run_eval(folder: Path, algo: str = algo, seed: int = seed,
+                             variant: str | None = variant) -> list[Path]:
+                    from kalm.eval.compare import evaluate_seed
 
-                cc = compare_config(cfg, algo, root)
-                evaluate_seed(cc, root / train_stage(algo, seed), folder, seed)
-                return sorted(folder.glob("*/eval-*.json"))
+                    cc = compare_config(cfg, algo, root, variant)
+                    evaluate_seed(cc, root / train_stage(algo, seed, variant), folder, seed)
+                    return sorted(folder.glob("*/eval-*.json"))
 
-            stages.append(Stage(evaluate_stage(algo, seed), evaluate_config(cfg),
-                                [train_stage(algo, seed)], run_eval))
+                stages.append(Stage(evaluate_stage(algo, seed, variant), evaluate_config(cfg),
+                                    [train_name], run_eval))
 
     def run_report(folder: Path) -> list[Path]:
         from kalm.eval.report import write_report

@@ -8,9 +8,13 @@ runs/NAME/
   run_config.yaml
   collect/real.h5
   ground/                                   the grounded model
-  imagine-LEVEL/imagined.h5
+  dynamics/                                 the dynamics ensemble (labeller: ensemble)
+  imagine-LEVEL/imagined.h5                 rollouts as the LLM imagined and labelled them
+  label-LEVEL/labelled{,-success}.h5        relabelled: every rollout / the judged successes
   train-ALGO-seedS/{baseline,kalm-LEVEL}-seedS/policy.d3
   evaluate-ALGO-seedS/<policy>/eval-LEVEL.json
+  train-ALGO-paper-seedS/paper-LEVEL-seedS/  with rl.paper_rows: KALM as the paper trains it
+  evaluate-ALGO-paper-seedS/
   report/
 ```
 """
@@ -24,25 +28,39 @@ from pathlib import Path
 from kalm.config import ConfigError, from_dict, load_yaml, read_yaml_mapping
 from kalm.data.collect import CollectConfig
 from kalm.eval.compare import CompareConfig
+from kalm.imagination.dynamics import DynamicsConfig
+from kalm.imagination.labelling import LabelConfig, labelled_file
 from kalm.llm.train import GroundConfig
 
 CONFIG_FILE = "run_config.yaml"
 RECORD = "stage.json"
 COLLECT = "collect"
 GROUND = "ground"
+DYNAMICS = "dynamics"
 REPORT = "report"
+PAPER = "paper"  # the variant of the RL stages that trains KALM as the paper does
 
 
 def imagine_stage(level: str) -> str:
     return f"imagine-{level}"
 
 
-def train_stage(algo: str, seed: int) -> str:
-    return f"train-{algo}-seed{seed}"
+def label_stage(level: str) -> str:
+    return f"label-{level}"
 
 
-def evaluate_stage(algo: str, seed: int) -> str:
-    return f"evaluate-{algo}-seed{seed}"
+def _variant(variant: str | None) -> str:
+    if variant not in (None, PAPER):
+        raise ValueError(f"unknown RL variant {variant!r}")
+    return f"{variant}-" if variant else ""
+
+
+def train_stage(algo: str, seed: int, variant: str | None = None) -> str:
+    return f"train-{algo}-{_variant(variant)}seed{seed}"
+
+
+def evaluate_stage(algo: str, seed: int, variant: str | None = None) -> str:
+    return f"evaluate-{algo}-{_variant(variant)}seed{seed}"
 
 
 def real_data(root: Path) -> Path:
@@ -53,12 +71,26 @@ def imagined_data(root: Path, level: str) -> Path:
     return root / imagine_stage(level) / "imagined.h5"
 
 
+def label_folder(root: Path, level: str) -> Path:
+    return root / label_stage(level)
+
+
+def variants(cfg: RunConfig) -> list[str | None]:
+    """The RL stage variants of a run: the default, and the paper's way with rl.paper_rows."""
+    return [None, PAPER] if cfg.rl.paper_rows else [None]
+
+
 def stage_names(cfg: RunConfig) -> list[str]:
     """Every stage of a run in execution order (the pipeline builds exactly these)."""
-    names = [COLLECT, GROUND, *(imagine_stage(lv) for lv in cfg.imagine.levels)]
+    names = [COLLECT]
+    if cfg.label.needs_dynamics:
+        names.append(DYNAMICS)
+    names += [GROUND, *(imagine_stage(lv) for lv in cfg.imagine.levels),
+              *(label_stage(lv) for lv in cfg.imagine.levels)]
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
-            names += [train_stage(algo, seed), evaluate_stage(algo, seed)]
+            for variant in variants(cfg):
+                names += [train_stage(algo, seed, variant), evaluate_stage(algo, seed, variant)]
     return [*names, REPORT]
 
 
@@ -83,7 +115,20 @@ class RLStage:
 
     algos: list[str] = field(default_factory=lambda: ["bc", "cql"])
     steps: dict[str, int] = field(default_factory=lambda: {"bc": 10_000, "cql": 10_000})
-    imagined_ratio: float = 0.5
+    imagined_ratio: float = 0.5  # share of each KALM batch drawn from the imagined data
+    level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
+    # which labelled rollouts each algorithm learns from: `success` (those the labeller judged
+    # successful: an imitation learner copies every action it sees) or `all`; default `all`
+    keep: dict[str, str] = field(default_factory=lambda: {"bc": "success"})
+    # also train KALM as the paper does (the LLM's own labels, every rollout, 1:1) in stages
+    # of their own, for a side-by-side row; adding it later reruns only those stages
+    paper_rows: bool = False
+
+    def keep_for(self, algo: str) -> str:
+        return self.keep.get(algo, "all")
+
+    def ratio_for(self, level: str) -> float:
+        return self.level_ratios.get(level, self.imagined_ratio)
 
 
 @dataclass
@@ -110,6 +155,8 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)
     imagine: ImagineStage = field(default_factory=ImagineStage)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
     rl: RLStage = field(default_factory=RLStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     report: ReportStage = field(default_factory=ReportStage)
@@ -128,6 +175,19 @@ class RunConfig:
         for algo in self.rl.algos:
             if algo not in self.rl.steps:
                 raise ConfigError(f"rl.steps has no entry for algo {algo!r}")
+        for algo, keep in self.rl.keep.items():
+            if keep not in ("all", "success"):
+                raise ConfigError(f"rl.keep.{algo}: expected all or success, got {keep!r}")
+        for level, ratio in {"imagined_ratio": self.rl.imagined_ratio,
+                             **self.rl.level_ratios}.items():
+            if not 0.0 < ratio < 1.0:
+                key = "rl.imagined_ratio" if level == "imagined_ratio" else \
+                    f"rl.level_ratios.{level}"
+                raise ConfigError(f"{key}: expected a share in (0, 1), got {ratio}")
+        unknown = set(self.rl.level_ratios) - set(self.imagine.levels)
+        if unknown:
+            raise ConfigError(f"rl.level_ratios: levels {sorted(unknown)} are not imagined "
+                              f"(imagine.levels: {list(self.imagine.levels)})")
 
     @property
     def run_dir(self) -> Path:
@@ -148,6 +208,7 @@ class RunConfig:
                      metrics_episodes=2, explain_episodes=1),
             imagine=r(self.imagine, levels={lv: 1 for lv in self.imagine.levels},
                       max_steps=2, goals=4),
+            dynamics=r(self.dynamics, epochs=1, members=2, hidden=32),
             rl=r(self.rl, steps={a: 2 for a in self.rl.steps}),
             evaluate=r(self.evaluate, episodes=2, easy_episodes=2,
                        workers=min(self.evaluate.workers, 2)),
@@ -172,15 +233,36 @@ def load_run_config(path: str | Path, out: str | None = None,
 
 
 
-def compare_config(cfg: RunConfig, algo: str, root: Path) -> CompareConfig:
+def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
+              ) -> dict[str, str]:
+    """Level -> the imagined file a KALM policy of ALGO learns from: the labelled rollouts its
+    `rl.keep` asks for (a level whose labeller kept none has no entry, and no KALM policy), or
+    for the paper variant the LLM's own file, everything in it."""
+    if variant == PAPER:
+        return {lv: str(imagined_data(root, lv)) for lv in cfg.imagine.levels}
+    out = {}
+    for lv in cfg.imagine.levels:
+        path = labelled_file(label_folder(root, lv), cfg.rl.keep_for(algo))
+        if path is not None:
+            out[lv] = str(path)
+    return out
+
+
+def compare_config(cfg: RunConfig, algo: str, root: Path, variant: str | None = None
+                   ) -> CompareConfig:
+    """The policies of one algorithm's RL stages: the default variant trains the baseline and
+    KALM on the labelled data; the paper variant trains only KALM on the LLM-labelled data at
+    the paper's 1:1 (the baseline is the default variant's)."""
+    paper = variant == PAPER
     return CompareConfig(
         real=str(real_data(root)), out="", algo=algo, seeds=list(cfg.seeds),
         steps=cfg.rl.steps[algo], episodes=cfg.evaluate.episodes,
         easy_episodes=cfg.evaluate.easy_episodes, levels=list(cfg.evaluate.levels),
         suite_file=cfg.suite_file, workers=cfg.evaluate.workers, eval_seed=cfg.evaluate.seed,
-        imagined={lv: str(imagined_data(root, lv))
-                  for lv in cfg.imagine.levels},
-        imagined_ratio=cfg.rl.imagined_ratio, env=cfg.env)
+        imagined=kalm_data(cfg, root, algo, variant),
+        imagined_ratio=0.5 if paper else cfg.rl.imagined_ratio,
+        level_ratios={} if paper else dict(cfg.rl.level_ratios),
+        method=PAPER if paper else "kalm", baseline=not paper, env=cfg.env)
 
 
 def load_run(root: str | Path) -> RunConfig:

@@ -54,7 +54,17 @@ class CompareConfig:
     workers: int = 2
     eval_seed: int = 1000
     imagined_ratio: float = 0.5  # share of each KALM batch drawn from imagined data
+    level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
     env: str = "clevr"  # kalm.envs.registry name of the env the policies are evaluated in
+    method: str = "kalm"  # name of the imagined-data policies (folders METHOD-LEVEL-seedS)
+    baseline: bool = True  # train and evaluate the real-only baseline too
+
+    def __post_init__(self) -> None:
+        if self.method == "baseline":
+            raise ValueError("method 'baseline' is the real-only policy's name")
+
+    def ratio_for(self, level: str) -> float:
+        return self.level_ratios.get(level, self.imagined_ratio)
 
 
 def _suite(cfg: CompareConfig, level: str):
@@ -65,8 +75,8 @@ def _suite(cfg: CompareConfig, level: str):
 
 def policy_runs(cfg: CompareConfig, seed: int) -> list[tuple[str, str | None]]:
     """(folder name, level of its imagined data or None for the baseline) for one seed."""
-    return [(f"baseline-seed{seed}", None)] + [
-        (f"kalm-{level}-seed{seed}", level) for level in cfg.imagined]
+    return ([(f"baseline-seed{seed}", None)] if cfg.baseline else []) + [
+        (f"{cfg.method}-{level}-seed{seed}", level) for level in cfg.imagined]
 
 
 @functools.lru_cache(maxsize=64)
@@ -85,7 +95,8 @@ def policy_train_config(cfg: CompareConfig, seed: int, level: str | None, folder
     imagined = [cfg.imagined[level]] if level else []
     return TrainConfig(real=cfg.real, out=str(folder), imagined=imagined,
                        algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
-                       imagined_ratio=cfg.imagined_ratio, save_every=max(1, cfg.steps // 10))
+                       imagined_ratio=cfg.ratio_for(level) if level else cfg.imagined_ratio,
+                       save_every=max(1, cfg.steps // 10))
 
 
 def train_identity(tc: TrainConfig) -> dict[str, Any]:
@@ -146,9 +157,13 @@ def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> di
 def evaluations(cfg: CompareConfig, seed: int) -> list[tuple[str, str, str]]:
     """(method, policy folder, level) of every evaluation of a seed: the baseline on every
     level, each KALM policy on the level of its imagined data."""
-    return [("baseline" if level is None else "kalm", name, lv)
+    return [("baseline" if level is None else cfg.method, name, lv)
             for name, level in policy_runs(cfg, seed)
             for lv in (cfg.levels if level is None else [level])]
+
+
+def methods(cfg: CompareConfig) -> list[str]:
+    return (["baseline"] if cfg.baseline else []) + [cfg.method]
 
 
 def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
@@ -157,12 +172,12 @@ def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
 
     Results go to OUT/<policy>/eval-<level>.json. A folder whose manifest matches (same policy
     file, levels, episodes, seed, suite) keeps its results (resume); any other is replaced."""
-    results: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "kalm": {}}
+    results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods(cfg)}
     for name, level in policy_runs(cfg, seed):
         levels = cfg.levels if level is None else [level]
         folder = out / name
         claim_folder(folder, eval_identity(cfg, policies / name, levels), stale="remove")
-        method = "baseline" if level is None else "kalm"
+        method = "baseline" if level is None else cfg.method
         for lv in levels:
             results[method][lv] = _evaluate(cfg, policies / name, lv, folder / f"eval-{lv}.json")
     return results
@@ -171,7 +186,10 @@ def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
 def summarize(cfg: CompareConfig, per_seed: dict[int, dict[str, dict[str, dict[str, Any]]]]
               ) -> dict[str, Any]:
     """Success rates over seeds per method and level (seed order kept)."""
-    success: dict[str, dict[str, list[float]]] = {"baseline": {}, "kalm": {}}
+    success: dict[str, dict[str, list[float]]] = {m: {} for m in methods(cfg)}
+    for res in per_seed.values():  # and any other method the results hold (paper mode)
+        for m in res:
+            success.setdefault(m, {})
     episodes: dict[str, int] = {}
     for seed in sorted(per_seed):
         for method, levels in per_seed[seed].items():
@@ -207,7 +225,7 @@ def fmt_rate(values: list[float]) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    res = summary["success"]
+    res = {"baseline": {}, "kalm": {}, **summary["success"]}
     levels = ordered_levels([*res["baseline"], *res["kalm"]])
     lines = [f"Success rate (%) of {summary['algo'].upper()}, mean ± std over seeds "
              f"{summary['seeds']}, {summary['steps']} training steps; episodes per level and "
@@ -226,13 +244,17 @@ def bar_plot(summary: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     res = summary["success"]
-    levels = ordered_levels([*res["baseline"], *res["kalm"]])
+    series = [(key, label) for key, label in (("baseline", "real only"), ("kalm", "KALM"),
+                                               ("paper", "KALM, paper mode")) if res.get(key)]
+    levels = ordered_levels([lv for key, _ in series for lv in res[key]])
     x = np.arange(len(levels))
+    width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(1.8 * len(levels) + 2, 3.2))
-    for k, (key, label) in enumerate((("baseline", "real only"), ("kalm", "KALM"))):
+    for k, (key, label) in enumerate(series):
         means = [100 * np.mean(res[key][lv]) if res[key].get(lv) else 0 for lv in levels]
         half_std = [50 * np.std(res[key][lv]) if res[key].get(lv) else 0 for lv in levels]
-        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=half_std, capsize=3, label=label)
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=half_std, capsize=3,
+               label=label)
     ax.set_xticks(x, levels)
     ax.set_ylabel("success rate (%)")
     ax.set_title(f"{summary['algo'].upper()}: real only vs KALM (error bars: half std)")

@@ -16,18 +16,28 @@ from typing import Any
 
 import numpy as np
 
-from kalm.eval.compare import bar_plot, evaluations, fmt_rate, ordered_levels, summarize
+from kalm.eval.compare import (
+    bar_plot,
+    evaluations,
+    fmt_rate,
+    methods,
+    ordered_levels,
+    summarize,
+)
 from kalm.io import save_gif, write_text_atomic
 from kalm.run_folder import (
     GROUND,
+    PAPER,
     RECORD,
     REPORT,
     compare_config,
     evaluate_stage,
     imagine_stage,
     imagined_data,
+    label_folder,
     load_run,
     stage_names,
+    variants,
 )
 
 HTML_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
@@ -61,41 +71,116 @@ def stage_table(root: Path, order: list[str]) -> str:
     return "\n".join(lines)
 
 
+METHOD_NAMES = {"baseline": "real only", "kalm": "KALM", PAPER: "KALM, paper mode"}
+
+
 def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
-    """Per algorithm: the compare-style summary over the seeds evaluated so far."""
+    """Per algorithm: the compare-style summary over the seeds evaluated so far, with the
+    paper-mode policies (rl.paper_rows) as a third method beside real only and KALM."""
     out = {}
     for algo in cfg.rl.algos:
-        cc = compare_config(cfg, algo, root)
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
-        for seed in cfg.seeds:
-            folder = root / evaluate_stage(algo, seed)
-            res: dict[str, dict[str, Any]] = {"baseline": {}, "kalm": {}}
-            for method, name, lv in evaluations(cc, seed):
-                path = folder / name / f"eval-{lv}.json"
-                if path.exists():
-                    res[method][lv] = json.loads(path.read_text())
-            if res["baseline"] or res["kalm"]:
-                per_seed[seed] = res
+        for variant in variants(cfg):
+            cc = compare_config(cfg, algo, root, variant)
+            for seed in cfg.seeds:
+                folder = root / evaluate_stage(algo, seed, variant)
+                res = per_seed.setdefault(seed, {})
+                for m in methods(cc):
+                    res.setdefault(m, {})
+                for method, name, lv in evaluations(cc, seed):
+                    path = folder / name / f"eval-{lv}.json"
+                    if path.exists():
+                        res[method][lv] = json.loads(path.read_text())
+        per_seed = {s: r for s, r in per_seed.items() if any(r.values())}
         if per_seed:
-            out[algo] = summarize(cc, per_seed)
+            out[algo] = summarize(compare_config(cfg, algo, root), per_seed)
     return out
 
 
 def success_table(summaries: dict[str, dict[str, Any]]) -> str:
     algos = list(summaries)
-    levels = ordered_levels([lv for s in summaries.values()
-                             for lv in [*s["success"]["baseline"], *s["success"]["kalm"]]])
+    shown = [m for m in METHOD_NAMES
+             if any(s["success"].get(m) for s in summaries.values())]
+    levels = ordered_levels([lv for s in summaries.values() for m in shown
+                             for lv in s["success"].get(m, {})])
     head = "| level | episodes / seed | " + " | ".join(
-        f"{a.upper()} real only | {a.upper()} KALM" for a in algos) + " |"
-    lines = [head, "|---|---|" + "---|---|" * len(algos)]
+        f"{a.upper()} {METHOD_NAMES[m]}" for a in algos for m in shown) + " |"
+    lines = [head, "|---|---|" + "---|" * (len(algos) * len(shown))]
     for lv in levels:
         eps = next((s["episodes_per_level_and_seed"].get(lv) for s in summaries.values()
                     if lv in s["episodes_per_level_and_seed"]), "-")
-        cells = []
-        for a in algos:
-            res = summaries[a]["success"]
-            cells += [fmt_rate(res["baseline"].get(lv, [])), fmt_rate(res["kalm"].get(lv, []))]
+        cells = [fmt_rate(summaries[a]["success"].get(m, {}).get(lv, []))
+                 for a in algos for m in shown]
         lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _label_stats(root: Path, level: str) -> dict[str, Any] | None:
+    from kalm.imagination.labelling import STATS_FILE
+
+    path = label_folder(root, level) / STATS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def labelling_table(root: Path, levels: list[str]) -> str:
+    """Per level: what was generated, what the labeller kept and judged successful, and (a
+    diagnostic that uses the simulator) how many really reach the goal, and the labels'
+    precision."""
+    lines = ["| level | labeller | generated | kept (all) | judged successful | replayed "
+             "successful, of generated (diagnostic) | replayed successful, of judged "
+             "successful (diagnostic) | labeller precision / recall / AUROC (diagnostic) | "
+             "LLM self-judged precision (diagnostic) |", "|---|---|---|---|---|---|---|---|---|"]
+    for lv in levels:
+        st = _label_stats(root, lv)
+        if st is None:
+            lines.append(f"| {lv} | not labelled yet | | | | | | | |")
+            continue
+        d = st["diagnostic"]
+
+        def pr(q: dict[str, Any] | None) -> str:
+            if not q:
+                return "-"
+            return " / ".join("-" if q.get(k) is None else
+                              (f"{q[k]:.2f}" if k == "auroc" else f"{100 * q[k]:.1f}%")
+                              for k in ("precision", "recall", "auroc"))
+
+        judged = st["judged_successful"]
+        def count(n: int, of: int) -> str:
+            return f"{n} ({100 * n / of:.1f}%)" if of else "-"
+
+        of_judged = count(d["replayed_successful_of_kept"], judged if d["replayed"] else 0)
+        of_generated = count(d["replayed_successful"], d["replayed"])
+        self_prec = (d["llm_self"] or {}).get("precision")
+        lines.append(f"| {lv} | {st['labeller']} | {st['generated']} | {st['kept']['all']} | "
+                     f"{judged} | {of_generated} | {of_judged} | {pr(d['labeller'])} | "
+                     f"{'-' if self_prec is None else f'{100 * self_prec:.1f}%'} |")
+    return "\n".join(lines)
+
+
+def imagined_use_table(root: Path, cfg) -> str:
+    """What each KALM policy learned from: the rollouts kept for it and the share of every
+    batch they fill (a level with nothing kept has no KALM policy)."""
+    lines = ["| algorithm | variant | level | labels | rollouts used | transitions used | "
+             "imagined share of each batch |", "|---|---|---|---|---|---|---|"]
+    for algo in cfg.rl.algos:
+        for variant in variants(cfg):
+            for lv in cfg.imagine.levels:
+                st = _label_stats(root, lv)
+                if variant == PAPER:
+                    path = root / imagine_stage(lv) / "imagined.stats.json"
+                    n = (json.loads(path.read_text()).get("kept") if path.exists() else None)
+                    lines.append(f"| {algo.upper()} | paper mode | {lv} | LLM's own, every "
+                                 f"rollout | {'-' if n is None else n} | - | 0.50 |")
+                    continue
+                keep = cfg.rl.keep_for(algo)
+                if st is None:
+                    lines.append(f"| {algo.upper()} | KALM | {lv} | not labelled yet | | | |")
+                    continue
+                used = st["kept"][keep]
+                share = f"{cfg.rl.ratio_for(lv):.2f}" if used else "0 (no KALM policy)"
+                what = "judged successful" if keep == "success" else "every kept rollout"
+                lines.append(f"| {algo.upper()} | KALM | {lv} | {st['labeller']}, {what} | "
+                             f"{used} | {st['transitions'][keep]} | {share} |")
     return "\n".join(lines)
 
 
@@ -230,7 +315,11 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
             f"{a.upper()} {s['seeds']}" for a, s in summaries.items()) +
             f"; training steps {steps}; evaluation seed {cfg.evaluate.seed}. *Real only* is "
             "the same algorithm on the real episodes only; *KALM* adds that level's imagined "
-            "rollouts 1:1 in every batch.", "", success_table(summaries), ""]
+            f"rollouts as labelled by the `{cfg.label.labeller}` labeller, in the share of "
+            "every batch the table below gives; *paper mode* (when run) adds every rollout "
+            "with the LLM's own labels 1:1, as the paper does.", "", success_table(summaries),
+            "", "### Imagined data each KALM policy learned from", "",
+            imagined_use_table(root, cfg), ""]
         for algo, s in summaries.items():
             bar_plot(s, folder / f"success-{algo}.png")
             md += [f"![{algo} success](success-{algo}.png)", ""]
@@ -244,7 +333,13 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
            "not): the imagined actions, replayed from the imagined start state in the real "
            "simulator, reach the goal. Random-action replay: the same for random actions of "
            "the same length (the floor).", "",
-           imagination_table(root, list(cfg.imagine.levels), units), ""]
+           imagination_table(root, list(cfg.imagine.levels), units), "",
+           "### Labels", "",
+           "Judged successful: by the run's labeller (`ensemble`: the imagined actions "
+           "re-simulated through the dynamics ensemble fitted on the real data; `llm`: the "
+           "LLM's own predicted states). The replay columns use the simulator (a diagnostic "
+           "of the labels' precision, never used to label or filter).", "",
+           labelling_table(root, list(cfg.imagine.levels)), ""]
     if definition is not None and definition.draw_state is not None:
         md += ["### Imagined (left) vs the same actions in the real simulator (right; "
                "diagnostic)", ""]

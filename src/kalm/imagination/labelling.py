@@ -1,0 +1,155 @@
+"""Label one level's imagined rollouts for RL, and write what each kind of learner should see.
+
+Two labellers. `llm` is the paper's way: success, rewards and terminals on the states the grounded
+model predicted (what `kalm imagine` already stored). `ensemble` re-simulates the imagined actions
+through a dynamics ensemble fitted on the real transitions (`relabel.py`) and labels on its
+states: the model's own states drift into the goal far more often than its actions reach it, and
+those false successes are what made imagined data hurt (docs/results.md, section 5).
+
+Two files per level, because the learners need different things: `labelled.h5` holds every
+labelled rollout (a value-based learner such as CQL learns from failures too, and from the
+penalty), `labelled-success.h5` only the ones the labeller judged successful (an imitation learner
+such as BC copies every action it is given). The second file is absent when nothing was judged
+successful; the stats say so and the pipeline trains no KALM policy on nothing.
+
+`label_stats.json` counts rollouts generated, kept and judged successful, and, where `kalm
+imagine` replayed the actions in the simulator, how often they really reached the goal and how
+well each label predicts that. The replay is a diagnostic: it is read here to be reported, never
+to label or to filter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
+from kalm.envs.base import EnvDefinition
+from kalm.imagination.relabel import Dynamics, RelabelConfig, judge_quality, relabel
+from kalm.io import write_json
+
+LABELLERS = ("ensemble", "llm")
+ALL_FILE = "labelled.h5"
+SUCCESS_FILE = "labelled-success.h5"
+STATS_FILE = "label_stats.json"
+KEEP_FILES = {"all": ALL_FILE, "success": SUCCESS_FILE}
+VERDICT_KEY = {"ensemble": "ensemble_success", "llm": "self_success"}
+
+
+@dataclass
+class LabelConfig:
+    """How imagined rollouts are labelled (`labeller: llm` with no penalty or truncation is the
+    paper's method)."""
+
+    labeller: str = "ensemble"
+    penalty: float = 0.0  # MOPO-style r - penalty * ensemble disagreement (ensemble only)
+    # truncate a rollout before the first step whose disagreement exceeds this quantile of the
+    # disagreement on held-out real transitions (ensemble only); None: never truncate
+    max_uncertainty_quantile: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.labeller not in LABELLERS:
+            raise ValueError(f"labeller must be one of {', '.join(LABELLERS)}, "
+                             f"got {self.labeller!r}")
+        if self.labeller == "llm" and (self.penalty or self.max_uncertainty_quantile is not None):
+            raise ValueError("penalty and max_uncertainty_quantile need the dynamics ensemble "
+                             "(labeller: ensemble)")
+        if self.penalty < 0:
+            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+        q = self.max_uncertainty_quantile
+        if q is not None and not 0.0 < q <= 1.0:
+            raise ValueError(f"max_uncertainty_quantile must be in (0, 1], got {q}")
+
+    @property
+    def needs_dynamics(self) -> bool:
+        return self.labeller == "ensemble"
+
+
+def _quality(episodes: list[Episode], key: str) -> dict[str, Any] | None:
+    if not episodes or not all("replay_success" in e.extras and key in e.extras
+                               for e in episodes):
+        return None
+    return judge_quality(episodes, key).to_json()
+
+
+def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
+                definition: EnvDefinition, dynamics: Dynamics | None = None
+                ) -> dict[str, Any]:
+    """Label the rollouts of `imagined` into OUT_DIR (`labelled.h5`, `labelled-success.h5`,
+    `label_stats.json`, each written atomically); returns the stats."""
+    imagined, out_dir = Path(imagined), Path(out_dir)
+    data = read_episodes(imagined)
+    if data.source != "imagined":
+        raise ValueError(f"{imagined}: labelling is for imagined episodes, this file holds "
+                         f"{data.source!r} ones")
+    generated = data.episodes()
+    if cfg.needs_dynamics:
+        if dynamics is None:
+            raise ValueError("labeller 'ensemble' needs a dynamics ensemble")
+        limit = None
+        if cfg.max_uncertainty_quantile is not None:
+            limit = dynamics.uncertainty_quantile(cfg.max_uncertainty_quantile)  # type: ignore[attr-defined]
+        labelled, relabel_stats = relabel(data, dynamics, definition,
+                                          RelabelConfig(cfg.penalty, limit))
+        attrs = {**data.attrs, "labeller": "ensemble", "relabel_penalty": cfg.penalty,
+                 **({"relabel_max_uncertainty": limit} if limit is not None else {})}
+        extra: dict[str, Any] = {"relabel": relabel_stats.to_json()}
+    else:
+        labelled, attrs, extra = generated, {**data.attrs, "labeller": "llm"}, {}
+    verdict = VERDICT_KEY[cfg.labeller]
+    successful = [e for e in labelled if e.extras[verdict]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str | None] = {}
+    for keep, episodes in (("all", labelled), ("success", successful)):
+        path = out_dir / KEEP_FILES[keep]
+        if episodes:
+            write_episodes(EpisodeData.from_episodes(
+                episodes, data.spec, source="imagined", attrs={**attrs, "keep": keep}), path)
+            files[keep] = path.name
+        else:
+            path.unlink(missing_ok=True)
+            files[keep] = None
+    replayed = [e for e in generated if "replay_success" in e.extras]
+    stats = {
+        "labeller": cfg.labeller, "config": asdict(cfg), "source": imagined.name,
+        "generated": len(generated),
+        "kept": {"all": len(labelled), "success": len(successful)},
+        "transitions": {"all": sum(e.length for e in labelled),
+                        "success": sum(e.length for e in successful)},
+        "judged_successful": len(successful),
+        "files": files,
+        # simulator diagnostics: reported, never used to label or filter
+        "diagnostic": {
+            "replayed": len(replayed),
+            "replayed_successful": sum(bool(e.extras["replay_success"]) for e in replayed),
+            "replayed_successful_of_kept": sum(bool(e.extras.get("replay_success"))
+                                               for e in successful),
+            "labeller": _quality(labelled, verdict),
+            "llm_self": _quality(generated, "self_success"),
+        },
+        **extra,
+    }
+    write_json(stats, out_dir / STATS_FILE)
+    return stats
+
+
+def labelled_file(folder: str | Path, keep: str) -> Path | None:
+    """The file of a label folder holding the rollouts KEEP (`all` | `success`) asks for; None
+    when the labeller kept none."""
+    if keep not in KEEP_FILES:
+        raise ValueError(f"keep must be one of {', '.join(KEEP_FILES)}, got {keep!r}")
+    path = Path(folder) / KEEP_FILES[keep]
+    return path if path.is_file() else None
+
+
+__all__ = [
+    "ALL_FILE",
+    "KEEP_FILES",
+    "LABELLERS",
+    "STATS_FILE",
+    "SUCCESS_FILE",
+    "LabelConfig",
+    "label_level",
+    "labelled_file",
+]

@@ -1,0 +1,219 @@
+"""Labelling imagined rollouts for RL: the labellers, the files each learner gets, the config
+checks, the pipeline's label and paper-mode stages, and the report's tables of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kalm.config import ConfigError
+from kalm.data.episodes import EpisodeData, read_episodes, write_episodes
+from kalm.eval.compare import policy_runs, policy_train_config
+from kalm.imagination.labelling import LabelConfig, label_level, labelled_file
+from kalm.run_folder import (
+    PAPER,
+    RunConfig,
+    compare_config,
+    imagined_data,
+    label_folder,
+    load_run_config,
+)
+from test_dynamics import CLEVR, GOAL, SimulatorDynamics, imagined
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rollouts(real):
+    """Three imagined rollouts of the expert episode's start state:
+    `right`: the LLM predicts nothing moves (it judges a failure) but its actions, the
+    expert's, reach the goal (replay: success); `wrong`, twice: the LLM moves red next to
+    blue on its own states (it judges a success) with a push that does nothing (replay:
+    failure)."""
+    s0 = real.observations[0]
+    right = imagined(real, np.repeat(real.observations[:1], real.length + 1, axis=0),
+                     real.actions)
+    right.extras["replay_success"] = True
+    fake = s0.copy()
+    fake[0:2] = s0[2:4] + np.array([-0.3, 0.0])
+    wrong = imagined(real, np.stack([s0, fake]), np.array([8 * 2 + 0]))
+    assert wrong.extras["self_success"] and not right.extras["self_success"]
+    return right, wrong
+
+
+def _write(episodes, path: Path) -> Path:
+    for e in episodes:
+        e.extras["level"] = "rephrase"
+    write_episodes(EpisodeData.from_episodes(episodes, CLEVR.episode_spec("clevr"),
+                                             source="imagined"), path)
+    return path
+
+
+def test_ensemble_labels_keep_only_what_the_ensemble_judges_successful(expert_episode,
+                                                                      tmp_path):
+    right, wrong = _rollouts(expert_episode)
+    src = _write([right, wrong, wrong], tmp_path / "imagined.h5")
+    stats = label_level(src, tmp_path / "ens", LabelConfig("ensemble"), CLEVR,
+                        SimulatorDynamics(GOAL))
+    assert stats["generated"] == 3 and stats["kept"] == {"all": 3, "success": 1}
+    every = read_episodes(tmp_path / "ens" / "labelled.h5")
+    assert list(every.extras["ensemble_success"]) == [True, False, False]
+    success = read_episodes(tmp_path / "ens" / "labelled-success.h5")
+    assert len(success) == 1 and success.extras["replay_success"].all()
+    assert success.terminals[0, success.lengths[0] - 1]  # relabelled: a terminal success
+    d = stats["diagnostic"]
+    assert d["replayed_successful"] == 1 and d["replayed_successful_of_kept"] == 1
+    assert d["labeller"]["precision"] == 1.0 and d["llm_self"]["precision"] == 0.0
+
+    # the paper's labeller: the LLM's own verdicts, the two wrong rollouts "succeed"
+    stats = label_level(src, tmp_path / "llm", LabelConfig("llm"), CLEVR)
+    assert stats["kept"] == {"all": 3, "success": 2}
+    assert stats["diagnostic"]["labeller"]["precision"] == 0.0
+    success = read_episodes(tmp_path / "llm" / "labelled-success.h5")
+    assert not success.extras["replay_success"].any()
+
+
+def test_no_judged_success_writes_no_success_file_and_trains_no_bc_kalm_policy(
+        expert_episode, tmp_path):
+    _, wrong = _rollouts(expert_episode)
+    root = tmp_path / "run"
+    src = _write([wrong, wrong], imagined_data(root, "rephrase"))
+    # a stale success file from an earlier labelling must not survive
+    (label_folder(root, "rephrase")).mkdir(parents=True)
+    (label_folder(root, "rephrase") / "labelled-success.h5").write_text("old")
+    stats = label_level(src, label_folder(root, "rephrase"), LabelConfig(), CLEVR,
+                        SimulatorDynamics(GOAL))
+    assert stats["files"] == {"all": "labelled.h5", "success": None}
+    assert labelled_file(label_folder(root, "rephrase"), "success") is None
+    cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
+        RunConfig().imagine, levels={"rephrase": 2}))
+    bc = compare_config(cfg, "bc", root)
+    assert [name for name, _ in policy_runs(bc, 0)] == ["baseline-seed0"]
+    cql = compare_config(cfg, "cql", root)
+    assert [name for name, _ in policy_runs(cql, 0)] == ["baseline-seed0",
+                                                          "kalm-rephrase-seed0"]
+
+
+def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_llm(
+        expert_episode, tmp_path):
+    right, wrong = _rollouts(expert_episode)
+    root = tmp_path / "run"
+    src = _write([right, wrong, wrong], imagined_data(root, "rephrase"))
+    label_level(src, label_folder(root, "rephrase"), LabelConfig(), CLEVR,
+                SimulatorDynamics(GOAL))
+    cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
+        RunConfig().imagine, levels={"rephrase": 2}), rl=dataclasses.replace(
+        RunConfig().rl, level_ratios={"rephrase": 0.25}, paper_rows=True))
+
+    def train_data(algo, variant=None):
+        cc = compare_config(cfg, algo, root, variant)
+        name, level = policy_runs(cc, 0)[-1]
+        tc = policy_train_config(cc, 0, level, tmp_path / name)
+        return name, tc.imagined, tc.imagined_ratio
+
+    name, files, ratio = train_data("bc")
+    assert name == "kalm-rephrase-seed0" and ratio == 0.25
+    bc_data = read_episodes(files[0])
+    assert len(bc_data) == 1 and bc_data.extras["ensemble_success"].all()
+    name, files, ratio = train_data("cql")
+    assert len(read_episodes(files[0])) == 3 and ratio == 0.25
+    name, files, ratio = train_data("bc", PAPER)
+    assert name == "paper-rephrase-seed0" and files == [str(src)] and ratio == 0.5
+    assert [n for n, _ in policy_runs(compare_config(cfg, "bc", root, PAPER), 0)] == [
+        "paper-rephrase-seed0"]  # the baseline is trained once, by the default variant
+
+
+@pytest.mark.parametrize("section, bad, match", [
+    ("label", {"labeller": "oracle"}, "label.*labeller must be one of"),
+    ("label", {"labeller": "llm", "penalty": 1.0}, "need the dynamics ensemble"),
+    ("label", {"max_uncertainty_quantile": 1.5}, r"in \(0, 1\]"),
+    ("rl", {"keep": {"bc": "best"}}, "rl.keep.bc"),
+    ("rl", {"level_ratios": {"rephrase": 1.0}}, "rl.level_ratios.rephrase"),
+    ("rl", {"level_ratios": {"novel": 0.2}}, r"levels \['novel'\] are not imagined"),
+    ("rl", {"imagined_ratio": 0.0}, "rl.imagined_ratio"),
+])
+def test_bad_label_and_rl_settings_name_the_key(tmp_path, section, bad, match):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "clevr-quick.yaml").read_text())
+    raw[section] = {**(raw.get(section) or {}), **bad}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=match):
+        load_run_config(path)
+
+
+def _fake_stages(cfg, calls):
+    from kalm.pipeline import build_stages
+
+    stages = build_stages(cfg)
+    for s in stages:
+        s.run = (lambda name: lambda folder: (calls.append(name),
+                                              (folder / "o.txt").write_text(name),
+                                              [folder / "o.txt"])[-1])(s.name)
+        s.resolved = None
+    return stages
+
+
+def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp_path):
+    from kalm.pipeline import Runner
+
+    cfg = load_run_config(ROOT / "configs" / "clevr-quick.yaml", out=str(tmp_path / "r"),
+                          seeds=[0])
+    stages = {s.name: s for s in _fake_stages(cfg, [])}
+    assert stages["label-easy"].inputs == ["imagine-easy", "dynamics"]
+    assert stages["train-bc-seed0"].inputs == ["collect", "label-rephrase", "label-easy",
+                                               "label-hard"]
+    calls: list[str] = []
+    runner = Runner(cfg.run_dir, lambda m: None)
+    for s in _fake_stages(cfg, calls):
+        runner.run(s)
+    assert "dynamics" in calls and "train-cql-paper-seed0" not in calls
+
+    with_paper = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, paper_rows=True))
+    calls.clear()
+    runner = Runner(cfg.run_dir, lambda m: None)
+    for s in _fake_stages(with_paper, calls):
+        runner.run(s)
+    assert calls == ["train-bc-paper-seed0", "evaluate-bc-paper-seed0",
+                     "train-cql-paper-seed0", "evaluate-cql-paper-seed0", "report"]
+
+    # a changed labeller relabels and retrains, but imagines nothing again
+    llm = dataclasses.replace(with_paper, label=LabelConfig("llm"))
+    calls.clear()
+    runner = Runner(cfg.run_dir, lambda m: None)
+    for s in _fake_stages(llm, calls):
+        runner.run(s)
+    assert not any(c.startswith(("imagine", "ground", "collect")) for c in calls)
+    assert {"label-easy", "train-bc-seed0"} <= set(calls)
+    assert "dynamics" not in calls and "train-bc-paper-seed0" not in calls
+
+
+def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_path):
+    from kalm.eval.report import imagined_use_table, labelling_table, success_table
+
+    right, wrong = _rollouts(expert_episode)
+    root = tmp_path / "run"
+    src = _write([right, wrong, wrong], imagined_data(root, "rephrase"))
+    (src.with_suffix(".stats.json")).write_text(json.dumps({"kept": 3}))
+    label_level(src, label_folder(root, "rephrase"), LabelConfig(), CLEVR,
+                SimulatorDynamics(GOAL))
+    cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
+        RunConfig().imagine, levels={"rephrase": 2, "hard": 1}),
+        rl=dataclasses.replace(RunConfig().rl, paper_rows=True))
+    table = labelling_table(root, ["rephrase", "hard"])
+    assert "| rephrase | ensemble | 3 | 3 | 1 | 1 (33.3%) | 1 (100.0%) | 100.0% / 100.0% / " \
+           "1.00 | 0.0% |" in table
+    assert "| hard | not labelled yet |" in table
+    use = imagined_use_table(root, cfg)
+    assert "| BC | KALM | rephrase | ensemble, judged successful | 1 |" in use
+    assert "| CQL | KALM | rephrase | ensemble, every kept rollout | 3 |" in use
+    assert "| BC | paper mode | rephrase | LLM's own, every rollout | 3 | - | 0.50 |" in use
+    summaries = {"bc": {"success": {"baseline": {"easy": [0.5, 0.7]}, "kalm": {"easy": [0.6]},
+                                    "paper": {"easy": [0.1]}},
+                        "episodes_per_level_and_seed": {"easy": 300}}}
+    assert "| easy | 300 | 60.0 ± 10.0 | 60.0 ± 0.0 | 10.0 ± 0.0 |" in success_table(summaries)
+    assert "BC KALM, paper mode" in success_table(summaries)
