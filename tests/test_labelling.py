@@ -106,7 +106,7 @@ def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_l
                 SimulatorDynamics(GOAL))
     cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
         RunConfig().imagine, levels={"rephrase": 2}), rl=dataclasses.replace(
-        RunConfig().rl, level_ratios={"rephrase": 0.25}, paper_rows=True))
+        RunConfig().rl, level_ratios={"rephrase": 0.25}, reference_rows=["paper"]))
 
     def train_data(algo, variant=None):
         cc = compare_config(cfg, algo, root, variant)
@@ -134,6 +134,7 @@ def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_l
     ("rl", {"level_ratios": {"rephrase": 1.0}}, "rl.level_ratios.rephrase"),
     ("rl", {"level_ratios": {"novel": 0.2}}, r"levels \['novel'\] are not imagined"),
     ("rl", {"imagined_ratio": 0.0}, "rl.imagined_ratio"),
+    ("rl", {"reference_rows": ["oracle"]}, "rl.reference_rows: unknown row 'oracle'"),
 ])
 def test_bad_label_and_rl_settings_name_the_key(tmp_path, section, bad, match):
     import yaml
@@ -173,13 +174,26 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
         runner.run(s)
     assert "dynamics" in calls and "train-cql-paper-seed0" not in calls
 
-    with_paper = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, paper_rows=True))
+    with_paper = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, reference_rows=["paper"]))
     calls.clear()
     runner = Runner(cfg.run_dir, lambda m: None)
     for s in _fake_stages(with_paper, calls):
         runner.run(s)
     assert calls == ["train-bc-paper-seed0", "evaluate-bc-paper-seed0",
                      "train-cql-paper-seed0", "evaluate-cql-paper-seed0", "report"]
+
+    # rollouts without the LLM: shot for the same tasks, trained and evaluated in their stages
+    with_shooting = dataclasses.replace(cfg, rl=dataclasses.replace(
+        cfg.rl, reference_rows=["paper", "shooting"]))
+    calls.clear()
+    runner = Runner(cfg.run_dir, lambda m: None)
+    stages = _fake_stages(with_shooting, calls)
+    assert {s.name: s for s in stages}["shoot-hard"].inputs == ["imagine-hard", "dynamics"]
+    for s in stages:
+        runner.run(s)
+    assert calls == ["shoot-rephrase", "shoot-easy", "shoot-hard",
+                     "train-bc-shooting-seed0", "evaluate-bc-shooting-seed0",
+                     "train-cql-shooting-seed0", "evaluate-cql-shooting-seed0", "report"]
 
     # a changed labeller relabels and retrains, but imagines nothing again
     llm = dataclasses.replace(with_paper, label=LabelConfig("llm"))
@@ -203,7 +217,7 @@ def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_
                 SimulatorDynamics(GOAL))
     cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
         RunConfig().imagine, levels={"rephrase": 2, "hard": 1}),
-        rl=dataclasses.replace(RunConfig().rl, paper_rows=True))
+        rl=dataclasses.replace(RunConfig().rl, reference_rows=["paper"]))
     table = labelling_table(root, ["rephrase", "hard"])
     assert "| rephrase | ensemble | 3 | 3 | 1 | 1 (33.3%) | 1 (100.0%) | 100.0% / 100.0% / " \
            "1.00 | 0.0% |" in table
@@ -217,3 +231,63 @@ def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_
                         "episodes_per_level_and_seed": {"easy": 300}}}
     assert "| easy | 300 | 60.0 ± 10.0 | 60.0 ± 0.0 | 10.0 ± 0.0 |" in success_table(summaries)
     assert "BC KALM, paper mode" in success_table(summaries)
+
+
+# ----------------------------------------------------------------- rollouts without the LLM
+class _StepSuccessEnv:
+    """A definition stand-in whose goal is met when the state's first entry reaches 1."""
+
+    @staticmethod
+    def success(goal, obs, prev=None, action=None):
+        return bool(obs[0] >= 1.0)
+
+
+def test_shooting_chooses_the_soonest_success_then_the_least_uncertain():
+    from kalm.imagination.shooting import choose
+
+    states = np.zeros((4, 4, 1), np.float32)
+    states[1, 3, 0] = 1.0  # succeeds at step 2
+    states[2, 2, 0] = 1.0  # succeeds at step 1, uncertain
+    states[3, 2, 0] = 1.0  # succeeds at step 1, confident
+    u = np.array([[0.1] * 3, [0.1] * 3, [0.9] * 3, [0.2] * 3], np.float32)
+    acts = np.zeros((4, 3), np.int64)
+    assert choose(_StepSuccessEnv, {}, states, u, acts) == (3, 1)
+    assert choose(_StepSuccessEnv, {}, states[:1], u[:1], acts[:1]) == (0, None)
+
+
+def test_random_sequences_fit_the_action_space():
+    import gymnasium as gym
+
+    from kalm.imagination.shooting import random_sequences
+
+    rng = np.random.default_rng(0)
+    d = random_sequences(gym.spaces.Discrete(40), 8, 5, rng)
+    assert d.shape == (8, 5) and d.min() >= 0 and d.max() < 40
+    box = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    c = random_sequences(box, 3, 2, rng)
+    assert c.shape == (3, 2, 4) and c.dtype == np.float32 and np.abs(c).max() <= 1.0
+
+
+def test_shot_rollouts_on_perfect_dynamics_are_judged_as_the_simulator_judges_them(
+        expert_episode, tmp_path):
+    from kalm.imagination.shooting import ShootingConfig, shoot_level
+
+    right, wrong = _rollouts(expert_episode)
+    src = _write([right, wrong, right], tmp_path / "imagined.h5")
+    cfg = ShootingConfig(candidates=48, horizon=4, seed=3)
+    stats = shoot_level(src, tmp_path / "shot", SimulatorDynamics(GOAL), CLEVR, cfg,
+                        progress=False)
+    shot = read_episodes(tmp_path / "shot" / "labelled.h5")
+    assert len(shot) == stats["generated"] == 3 and shot.lengths.max() <= 4
+    # a perfect model's verdicts are the simulator's (the replay is the diagnostic)
+    assert list(shot.extras["ensemble_success"]) == list(shot.extras["replay_success"])
+    assert stats["judged_successful"] == int(shot.extras["ensemble_success"].sum()) > 0
+    ok = shot.extras["ensemble_success"]
+    assert shot.terminals[np.flatnonzero(ok), shot.lengths[ok] - 1].all()
+    assert list(shot.instructions) == [right.instruction] * 3
+    assert np.allclose(shot.observations[:, 0], read_episodes(src).observations[:, 0])
+    again = shoot_level(src, tmp_path / "again", SimulatorDynamics(GOAL), CLEVR, cfg,
+                        progress=False)
+    assert again["kept"] == stats["kept"]
+    assert np.array_equal(read_episodes(tmp_path / "again" / "labelled.h5").actions,
+                          shot.actions)

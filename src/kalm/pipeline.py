@@ -28,6 +28,7 @@ from kalm.run_folder import (
     PAPER,
     RECORD,
     REPORT,
+    SHOOTING,
     RunConfig,
     compare_config,
     evaluate_stage,
@@ -36,7 +37,9 @@ from kalm.run_folder import (
     label_stage,
     load_run,
     load_run_config,
+    needs_dynamics,
     real_data,
+    shoot_stage,
     stage_names,
     train_stage,
     variants,
@@ -192,7 +195,7 @@ def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = Non
     base = {"algo": algo, "seed": seed, "steps": cfg.rl.steps[algo], "levels": levels}
     if variant == PAPER:
         return {**base, "variant": PAPER}
-    return {**base, "keep": cfg.rl.keep_for(algo),
+    return {**base, **({"variant": variant} if variant else {}), "keep": cfg.rl.keep_for(algo),
             "imagined_ratio": {lv: cfg.rl.ratio_for(lv) for lv in levels}}
 
 
@@ -228,7 +231,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
     stages.append(Stage(COLLECT, _hashed(to_dict(cfg.collect)), [], run_collect))
 
-    if cfg.label.needs_dynamics:
+    if needs_dynamics(cfg):
         def run_dynamics(folder: Path) -> list[Path]:
             from kalm.data.episodes import read_episodes
             from kalm.envs.registry import get_env
@@ -274,29 +277,47 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage(imagine_stage(level), imagine_config(cfg, level), [GROUND],
                             run_imagine))
 
-    needs_dynamics = cfg.label.needs_dynamics
+    def load_dynamics(imagined: Path):
+        from kalm.data.episodes import read_episodes
+        from kalm.imagination.dynamics import DynamicsEnsemble
+
+        return DynamicsEnsemble.load(root / DYNAMICS, spec=read_episodes(imagined).spec)
+
+    label_reads_dynamics = cfg.label.needs_dynamics
     for level in cfg.imagine.levels:
         def run_label(folder: Path, level: str = level) -> list[Path]:
             from kalm.envs.registry import get_env
             from kalm.imagination.labelling import STATS_FILE, label_level
 
-            dynamics = None
             imagined = imagined_data(root, level)
-            if needs_dynamics:
-                from kalm.data.episodes import read_episodes
-                from kalm.imagination.dynamics import DynamicsEnsemble
-
-                dynamics = DynamicsEnsemble.load(root / DYNAMICS,
-                                                 spec=read_episodes(imagined).spec)
+            dynamics = load_dynamics(imagined) if label_reads_dynamics else None
             stats = label_level(imagined, folder, cfg.label, get_env(cfg.env), dynamics)
             return [folder / STATS_FILE, *(folder / f for f in stats["files"].values() if f)]
 
         stages.append(Stage(label_stage(level), label_config(cfg, level),
-                            [imagine_stage(level), *([DYNAMICS] if needs_dynamics else [])],
-                            run_label))
+                            [imagine_stage(level), *([DYNAMICS] if label_reads_dynamics
+                                                     else [])], run_label))
 
-    imagine_stages = [imagine_stage(lv) for lv in cfg.imagine.levels]
-    label_stages = [label_stage(lv) for lv in cfg.imagine.levels]
+    if SHOOTING in cfg.rl.reference_rows:
+        for level in cfg.imagine.levels:
+            def run_shoot(folder: Path, level: str = level) -> list[Path]:
+                from kalm.envs.registry import get_env
+                from kalm.imagination.labelling import STATS_FILE
+                from kalm.imagination.shooting import shoot_level
+
+                imagined = imagined_data(root, level)
+                stats = shoot_level(imagined, folder, load_dynamics(imagined),
+                                    get_env(cfg.env), cfg.shooting)
+                return [folder / STATS_FILE,
+                        *(folder / f for f in stats["files"].values() if f)]
+
+            # the LLM's rollouts are read for their goals and initial states only
+            stages.append(Stage(shoot_stage(level), {"level": level, **to_dict(cfg.shooting)},
+                                [imagine_stage(level), DYNAMICS], run_shoot))
+
+    data_stages = {None: [label_stage(lv) for lv in cfg.imagine.levels],
+                   PAPER: [imagine_stage(lv) for lv in cfg.imagine.levels],
+                   SHOOTING: [shoot_stage(lv) for lv in cfg.imagine.levels]}
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
             for variant in variants(cfg):
@@ -307,10 +328,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                     return [p / "policy.d3" for p in
                             train_seed(compare_config(cfg, algo, root, variant), folder, seed)]
 
-                data_stages = imagine_stages if variant == PAPER else label_stages
                 train_name = train_stage(algo, seed, variant)
                 stages.append(Stage(train_name, train_config(cfg, algo, seed, variant),
-                                    [COLLECT, *data_stages], run_train))
+                                    [COLLECT, *data_stages[variant]], run_train))
 
                 def run_eval(folder: Path, algo: str = algo, seed: int = seed,
                              variant: str | None = variant) -> list[Path]:

@@ -13,8 +13,9 @@ runs/NAME/
   label-LEVEL/labelled{,-success}.h5        relabelled: every rollout / the judged successes
   train-ALGO-seedS/{baseline,kalm-LEVEL}-seedS/policy.d3
   evaluate-ALGO-seedS/<policy>/eval-LEVEL.json
-  train-ALGO-paper-seedS/paper-LEVEL-seedS/  with rl.paper_rows: KALM as the paper trains it
-  evaluate-ALGO-paper-seedS/
+  shoot-LEVEL/labelled{,-success}.h5        reference rows: rollouts without the LLM
+  train-ALGO-VARIANT-seedS/VARIANT-LEVEL-seedS/   reference rows (rl.reference_rows):
+  evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`
   report/
 ```
 """
@@ -30,6 +31,7 @@ from kalm.data.collect import CollectConfig
 from kalm.eval.compare import CompareConfig
 from kalm.imagination.dynamics import DynamicsConfig
 from kalm.imagination.labelling import LabelConfig, labelled_file
+from kalm.imagination.shooting import ShootingConfig
 from kalm.llm.train import GroundConfig
 
 CONFIG_FILE = "run_config.yaml"
@@ -38,7 +40,12 @@ COLLECT = "collect"
 GROUND = "ground"
 DYNAMICS = "dynamics"
 REPORT = "report"
-PAPER = "paper"  # the variant of the RL stages that trains KALM as the paper does
+# reference rows, each a variant of the RL stages: KALM as the paper trains it (the LLM's own
+# labels, every rollout, 1:1), and rollouts proposed without the LLM (random shooting on the
+# dynamics ensemble) labelled and used as KALM's are
+PAPER = "paper"
+SHOOTING = "shooting"
+REFERENCES = (PAPER, SHOOTING)
 
 
 def imagine_stage(level: str) -> str:
@@ -49,8 +56,12 @@ def label_stage(level: str) -> str:
     return f"label-{level}"
 
 
+def shoot_stage(level: str) -> str:
+    return f"shoot-{level}"
+
+
 def _variant(variant: str | None) -> str:
-    if variant not in (None, PAPER):
+    if variant is not None and variant not in REFERENCES:
         raise ValueError(f"unknown RL variant {variant!r}")
     return f"{variant}-" if variant else ""
 
@@ -75,18 +86,28 @@ def label_folder(root: Path, level: str) -> Path:
     return root / label_stage(level)
 
 
+def shoot_folder(root: Path, level: str) -> Path:
+    return root / shoot_stage(level)
+
+
 def variants(cfg: RunConfig) -> list[str | None]:
-    """The RL stage variants of a run: the default, and the paper's way with rl.paper_rows."""
-    return [None, PAPER] if cfg.rl.paper_rows else [None]
+    """The RL stage variants of a run: the default, then the reference rows asked for."""
+    return [None, *cfg.rl.reference_rows]
+
+
+def needs_dynamics(cfg: RunConfig) -> bool:
+    return cfg.label.needs_dynamics or SHOOTING in cfg.rl.reference_rows
 
 
 def stage_names(cfg: RunConfig) -> list[str]:
     """Every stage of a run in execution order (the pipeline builds exactly these)."""
     names = [COLLECT]
-    if cfg.label.needs_dynamics:
+    if needs_dynamics(cfg):
         names.append(DYNAMICS)
     names += [GROUND, *(imagine_stage(lv) for lv in cfg.imagine.levels),
               *(label_stage(lv) for lv in cfg.imagine.levels)]
+    if SHOOTING in cfg.rl.reference_rows:
+        names += [shoot_stage(lv) for lv in cfg.imagine.levels]
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
             for variant in variants(cfg):
@@ -120,9 +141,11 @@ class RLStage:
     # which labelled rollouts each algorithm learns from: `success` (those the labeller judged
     # successful: an imitation learner copies every action it sees) or `all`; default `all`
     keep: dict[str, str] = field(default_factory=lambda: {"bc": "success"})
-    # also train KALM as the paper does (the LLM's own labels, every rollout, 1:1) in stages
-    # of their own, for a side-by-side row; adding it later reruns only those stages
-    paper_rows: bool = False
+    # reference rows beside KALM, each trained in stages of its own (adding one later runs only
+    # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, every rollout,
+    # 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble, labelled and used as
+    # KALM's rollouts are)
+    reference_rows: list[str] = field(default_factory=list)
 
     def keep_for(self, algo: str) -> str:
         return self.keep.get(algo, "all")
@@ -157,6 +180,7 @@ class RunConfig:
     imagine: ImagineStage = field(default_factory=ImagineStage)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    shooting: ShootingConfig = field(default_factory=ShootingConfig)
     rl: RLStage = field(default_factory=RLStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     report: ReportStage = field(default_factory=ReportStage)
@@ -175,6 +199,12 @@ class RunConfig:
         for algo in self.rl.algos:
             if algo not in self.rl.steps:
                 raise ConfigError(f"rl.steps has no entry for algo {algo!r}")
+        for row in self.rl.reference_rows:
+            if row not in REFERENCES:
+                raise ConfigError(f"rl.reference_rows: unknown row {row!r}; known: "
+                                  f"{', '.join(REFERENCES)}")
+        if len(set(self.rl.reference_rows)) != len(self.rl.reference_rows):
+            raise ConfigError(f"rl.reference_rows: {self.rl.reference_rows} names a row twice")
         for algo, keep in self.rl.keep.items():
             if keep not in ("all", "success"):
                 raise ConfigError(f"rl.keep.{algo}: expected all or success, got {keep!r}")
@@ -209,6 +239,7 @@ class RunConfig:
             imagine=r(self.imagine, levels={lv: 1 for lv in self.imagine.levels},
                       max_steps=2, goals=4),
             dynamics=r(self.dynamics, epochs=1, members=2, hidden=32),
+            shooting=r(self.shooting, candidates=4, horizon=2),
             rl=r(self.rl, steps={a: 2 for a in self.rl.steps}),
             evaluate=r(self.evaluate, episodes=2, easy_episodes=2,
                        workers=min(self.evaluate.workers, 2)),
@@ -236,13 +267,15 @@ def load_run_config(path: str | Path, out: str | None = None,
 def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
               ) -> dict[str, str]:
     """Level -> the imagined file a KALM policy of ALGO learns from: the labelled rollouts its
-    `rl.keep` asks for (a level whose labeller kept none has no entry, and no KALM policy), or
-    for the paper variant the LLM's own file, everything in it."""
+    `rl.keep` asks for (a level whose labeller kept none has no entry, and no KALM policy), for
+    the paper variant the LLM's own file, everything in it, for the shooting variant the shot
+    rollouts `rl.keep` asks for."""
     if variant == PAPER:
         return {lv: str(imagined_data(root, lv)) for lv in cfg.imagine.levels}
+    folder = shoot_folder if variant == SHOOTING else label_folder
     out = {}
     for lv in cfg.imagine.levels:
-        path = labelled_file(label_folder(root, lv), cfg.rl.keep_for(algo))
+        path = labelled_file(folder(root, lv), cfg.rl.keep_for(algo))
         if path is not None:
             out[lv] = str(path)
     return out
@@ -251,8 +284,8 @@ def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
 def compare_config(cfg: RunConfig, algo: str, root: Path, variant: str | None = None
                    ) -> CompareConfig:
     """The policies of one algorithm's RL stages: the default variant trains the baseline and
-    KALM on the labelled data; the paper variant trains only KALM on the LLM-labelled data at
-    the paper's 1:1 (the baseline is the default variant's)."""
+    KALM on the labelled data; a reference variant trains only its own policies (the baseline
+    is the default variant's): the paper's at 1:1, the shooting rows at KALM's shares."""
     paper = variant == PAPER
     return CompareConfig(
         real=str(real_data(root)), out="", algo=algo, seeds=list(cfg.seeds),
@@ -262,7 +295,7 @@ def compare_config(cfg: RunConfig, algo: str, root: Path, variant: str | None = 
         imagined=kalm_data(cfg, root, algo, variant),
         imagined_ratio=0.5 if paper else cfg.rl.imagined_ratio,
         level_ratios={} if paper else dict(cfg.rl.level_ratios),
-        method=PAPER if paper else "kalm", baseline=not paper, env=cfg.env)
+        method=variant or "kalm", baseline=variant is None, env=cfg.env)
 
 
 def load_run(root: str | Path) -> RunConfig:

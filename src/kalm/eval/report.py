@@ -30,12 +30,14 @@ from kalm.run_folder import (
     PAPER,
     RECORD,
     REPORT,
+    SHOOTING,
     compare_config,
     evaluate_stage,
     imagine_stage,
     imagined_data,
     label_folder,
     load_run,
+    shoot_folder,
     stage_names,
     variants,
 )
@@ -71,12 +73,13 @@ def stage_table(root: Path, order: list[str]) -> str:
     return "\n".join(lines)
 
 
-METHOD_NAMES = {"baseline": "real only", "kalm": "KALM", PAPER: "KALM, paper mode"}
+METHOD_NAMES = {"baseline": "real only", "kalm": "KALM", PAPER: "KALM, paper mode",
+                SHOOTING: "no LLM (shooting)"}
 
 
 def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
     """Per algorithm: the compare-style summary over the seeds evaluated so far, with the
-    paper-mode policies (rl.paper_rows) as a third method beside real only and KALM."""
+    reference rows (rl.reference_rows) as further methods beside real only and KALM."""
     out = {}
     for algo in cfg.rl.algos:
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
@@ -115,14 +118,17 @@ def success_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _label_stats(root: Path, level: str) -> dict[str, Any] | None:
+def _label_stats(root: Path, level: str, variant: str | None = None
+                 ) -> dict[str, Any] | None:
+    """The label stage's stats of LEVEL (the shoot stage's for the shooting rows)."""
     from kalm.imagination.labelling import STATS_FILE
 
-    path = label_folder(root, level) / STATS_FILE
+    folder = shoot_folder(root, level) if variant == SHOOTING else label_folder(root, level)
+    path = folder / STATS_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def labelling_table(root: Path, levels: list[str]) -> str:
+def labelling_table(root: Path, levels: list[str], shooting: bool = False) -> str:
     """Per level: what was generated, what the labeller kept and judged successful, and (a
     diagnostic that uses the simulator) how many really reach the goal, and the labels'
     precision."""
@@ -130,8 +136,10 @@ def labelling_table(root: Path, levels: list[str]) -> str:
              "successful, of generated (diagnostic) | replayed successful, of judged "
              "successful (diagnostic) | labeller precision / recall / AUROC (diagnostic) | "
              "LLM self-judged precision (diagnostic) |", "|---|---|---|---|---|---|---|---|---|"]
-    for lv in levels:
-        st = _label_stats(root, lv)
+    rows = [(lv, None) for lv in levels] + ([(lv, SHOOTING) for lv in levels] if shooting
+                                            else [])
+    for lv, variant in rows:
+        st = _label_stats(root, lv, variant)
         if st is None:
             lines.append(f"| {lv} | not labelled yet | | | | | | | |")
             continue
@@ -151,7 +159,9 @@ def labelling_table(root: Path, levels: list[str]) -> str:
         of_judged = count(d["replayed_successful_of_kept"], judged if d["replayed"] else 0)
         of_generated = count(d["replayed_successful"], d["replayed"])
         self_prec = (d["llm_self"] or {}).get("precision")
-        lines.append(f"| {lv} | {st['labeller']} | {st['generated']} | {st['kept']['all']} | "
+        who = st["labeller"] + (", actions from random shooting (no LLM)"
+                                if variant == SHOOTING else "")
+        lines.append(f"| {lv} | {who} | {st['generated']} | {st['kept']['all']} | "
                      f"{judged} | {of_generated} | {of_judged} | {pr(d['labeller'])} | "
                      f"{'-' if self_prec is None else f'{100 * self_prec:.1f}%'} |")
     return "\n".join(lines)
@@ -165,7 +175,6 @@ def imagined_use_table(root: Path, cfg) -> str:
     for algo in cfg.rl.algos:
         for variant in variants(cfg):
             for lv in cfg.imagine.levels:
-                st = _label_stats(root, lv)
                 if variant == PAPER:
                     path = root / imagine_stage(lv) / "imagined.stats.json"
                     n = (json.loads(path.read_text()).get("kept") if path.exists() else None)
@@ -173,13 +182,15 @@ def imagined_use_table(root: Path, cfg) -> str:
                                  f"rollout | {'-' if n is None else n} | - | 0.50 |")
                     continue
                 keep = cfg.rl.keep_for(algo)
+                row = "KALM" if variant is None else METHOD_NAMES[variant]
+                st = _label_stats(root, lv, variant)
                 if st is None:
-                    lines.append(f"| {algo.upper()} | KALM | {lv} | not labelled yet | | | |")
+                    lines.append(f"| {algo.upper()} | {row} | {lv} | not labelled yet | | | |")
                     continue
                 used = st["kept"][keep]
-                share = f"{cfg.rl.ratio_for(lv):.2f}" if used else "0 (no KALM policy)"
+                share = f"{cfg.rl.ratio_for(lv):.2f}" if used else "0 (no policy trained)"
                 what = "judged successful" if keep == "success" else "every kept rollout"
-                lines.append(f"| {algo.upper()} | KALM | {lv} | {st['labeller']}, {what} | "
+                lines.append(f"| {algo.upper()} | {row} | {lv} | {st['labeller']}, {what} | "
                              f"{used} | {st['transitions'][keep]} | {share} |")
     return "\n".join(lines)
 
@@ -339,7 +350,8 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
            "re-simulated through the dynamics ensemble fitted on the real data; `llm`: the "
            "LLM's own predicted states). The replay columns use the simulator (a diagnostic "
            "of the labels' precision, never used to label or filter).", "",
-           labelling_table(root, list(cfg.imagine.levels)), ""]
+           labelling_table(root, list(cfg.imagine.levels),
+                           shooting=SHOOTING in cfg.rl.reference_rows), ""]
     if definition is not None and definition.draw_state is not None:
         md += ["### Imagined (left) vs the same actions in the real simulator (right; "
                "diagnostic)", ""]

@@ -66,7 +66,9 @@ class LabelConfig:
         return self.labeller == "ensemble"
 
 
-def _quality(episodes: list[Episode], key: str) -> dict[str, Any] | None:
+def label_quality(episodes: list[Episode], key: str) -> dict[str, Any] | None:
+    """`judge_quality` of the verdicts under KEY against the stored replay diagnostic; None
+    when the rollouts were not replayed."""
     if not episodes or not all("replay_success" in e.extras and key in e.extras
                                for e in episodes):
         return None
@@ -125,8 +127,8 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
             "replayed_successful": sum(bool(e.extras["replay_success"]) for e in replayed),
             "replayed_successful_of_kept": sum(bool(e.extras.get("replay_success"))
                                                for e in successful),
-            "labeller": _quality(labelled, verdict),
-            "llm_self": _quality(generated, "self_success"),
+            "labeller": label_quality(labelled, verdict),
+            "llm_self": label_quality(generated, "self_success"),
         },
         **extra,
     }
