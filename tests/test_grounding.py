@@ -463,3 +463,31 @@ def test_time_budget_schedule_survives_a_resume(tmp_path, tokenizer, monkeypatch
     b = load_file(str(tmp_path / "split" / "weights.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_new_layers_learn_at_head_lr_scale_times_the_adapter_rate(tmp_path, tokenizer):
+    """Two optimizer groups: the LoRA adapter at lr, the new embeddings and heads at
+    lr * head_lr_scale, both scaled by the same schedule."""
+    import torch
+
+    from kalm.llm.train import param_groups
+
+    write_episodes(episodes(12), tmp_path / "real.h5")
+    cfg = GroundConfig(data=str(tmp_path / "real.h5"), out=str(tmp_path / "g"), batch_size=4,
+                       paraphrase_suite="", metrics_episodes=2, explain_episodes=1,
+                       adapter=AdapterConfig(lora_r=4), steps=4, bf16=False, warmup_steps=2,
+                       eval_every=10, save_every=4, lr=1e-3, head_lr_scale=10.0)
+    ground(cfg, backbone=fresh(tokenizer), progress=False)
+    ckpt = sorted((tmp_path / "g" / "checkpoints").glob("step-*"))[-1]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert set(groups) == {"backbone", "new layers"}
+    assert groups["new layers"]["lr"] == pytest.approx(10 * groups["backbone"]["lr"])
+    assert groups["backbone"]["initial_lr"] == pytest.approx(1e-3)
+
+    model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)})
+    model["backbone"].weight.requires_grad_(False)
+    split = param_groups(model, 0.1, 3.0)
+    assert [len(g["params"]) for g in split] == [1, 2] and split[1]["lr"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        GroundConfig(head_lr_scale=0.0)

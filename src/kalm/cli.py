@@ -221,6 +221,9 @@ def render(episodes_file, index, out, fps) -> None:
 @click.option("--epochs", type=float, default=None, help="Passes over the training episodes.")
 @click.option("--batch", "batch_size", type=int, default=None, help="Batch size (default 8).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--head-lr-scale", type=float, default=None,
+              help="Learning rate of the new embeddings and heads as a multiple of --lr "
+                   "(default 1).")
 @click.option("--bf16", type=click.Choice(["auto", "on", "off"]), is_flag=False, flag_value="on",
               default=None, help="bfloat16 autocast: --bf16 (on), --bf16 off, or --bf16 auto "
                                  "(the default: on where a start-up probe measures it faster "
@@ -237,8 +240,9 @@ def render(episodes_file, index, out, fps) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file with GroundConfig fields (a `ground:` section or top level).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf16, no_bf16, seed,
-           time_limit_minutes, budget_minutes, device, config_file, resume) -> None:
+def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, head_lr_scale, bf16,
+           no_bf16, seed, time_limit_minutes, budget_minutes, device, config_file, resume
+           ) -> None:
     """Ground a causal LM in the environment: fine-tune on the four KALM objectives.
 
     Works under `accelerate launch kalm ground ...` for several devices.
@@ -253,6 +257,7 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, bf1
         bf16 = "off"
     overrides = {"data": data, "out": out, "backbone": backbone, "steps": steps,
                  "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                 "head_lr_scale": head_lr_scale,
                  "bf16": {"on": True, "off": False, "auto": "auto", None: None}[bf16],
                  "seed": seed, "time_limit_minutes": time_limit_minutes,
                  "budget_minutes": budget_minutes, "device": device}

@@ -165,7 +165,8 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
 
 # Fields added after run folders existed, hashed only when set to something else, so that
 # adding an option does not make every finished stage look changed.
-LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None}
+LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None,
+                                "head_lr_scale": 1.0}
 # Settings that change speed or placement, never results.
 SPEED_ONLY = ("workers", "device")
 

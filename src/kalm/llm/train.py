@@ -56,6 +56,9 @@ class GroundConfig:
     epochs: float = 1.0
     batch_size: int = 8
     lr: float | None = None  # default: 5e-4 with LoRA, 1e-4 for full fine-tuning
+    # learning rate of the new layers (state/action embeddings and heads) as a multiple of `lr`:
+    # they start from scratch while the adapter nudges a pretrained network
+    head_lr_scale: float = 1.0
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -95,12 +98,28 @@ class GroundConfig:
             raise ValueError(f"bf16 must be true, false or auto, not {self.bf16!r}")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ValueError("budget_minutes must be positive")
+        if self.head_lr_scale <= 0:
+            raise ValueError(f"head_lr_scale must be positive, got {self.head_lr_scale}")
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
         return 5e-4 if self.adapter.mode == "lora" else 1e-4
+
+
+def param_groups(model: torch.nn.Module, lr: float, head_lr_scale: float = 1.0
+                 ) -> list[dict[str, Any]]:
+    """The trainable parameters in two optimizer groups: the backbone's (the adapter, or every
+    weight under full fine-tuning) at `lr`, the new embeddings and heads at `lr *
+    head_lr_scale`. The scheduler scales both alike."""
+    backbone, new = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (backbone if name.startswith("backbone.") else new).append(p)
+    groups = [{"params": backbone, "lr": lr, "name": "backbone"},
+              {"params": new, "lr": lr * head_lr_scale, "name": "new layers"}]
+    return [g for g in groups if g["params"]]
 
 
 def clevr_spec() -> RolloutSpec:
@@ -405,9 +424,9 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
                  "device": str(acc.device)}
     g.meta["train"].update(precision)
     model = g.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=g.cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
+    groups = param_groups(model, g.cfg.learning_rate, cfg.head_lr_scale)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     total: int | None = g.total_steps
     schedule = WarmupCosine(cfg.warmup_steps, total or _UNBOUNDED_STEPS, cfg.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
