@@ -184,7 +184,7 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
 
     # rollouts without the LLM: shot for the same tasks, trained and evaluated in their stages
     with_shooting = dataclasses.replace(cfg, rl=dataclasses.replace(
-        cfg.rl, reference_rows=["paper", "shooting"]))
+        cfg.rl, reference_rows=["paper", "shooting", "llm_policy"]))
     calls.clear()
     runner = Runner(cfg.run_dir, lambda m: None)
     stages = _fake_stages(with_shooting, calls)
@@ -193,7 +193,9 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
         runner.run(s)
     assert calls == ["shoot-rephrase", "shoot-easy", "shoot-hard",
                      "train-bc-shooting-seed0", "evaluate-bc-shooting-seed0",
-                     "train-cql-shooting-seed0", "evaluate-cql-shooting-seed0", "report"]
+                     "train-cql-shooting-seed0", "evaluate-cql-shooting-seed0",
+                     "evaluate-llm-policy", "report"]
+    assert {s.name: s for s in stages}["evaluate-llm-policy"].inputs == ["ground"]
 
     # a changed labeller relabels and retrains, but imagines nothing again
     llm = dataclasses.replace(with_paper, label=LabelConfig("llm"))

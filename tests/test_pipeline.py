@@ -305,8 +305,12 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
                    "eval_every": 10, "eval_episodes": 4, "metrics_episodes": 4,
                    "explain_episodes": 2, "warmup_steps": 1},
         "imagine": {"levels": {"unseen": 4}, "batch_size": 16},
-        "rl": {"algos": ["bc"], "steps": {"bc": 30}},
-        "evaluate": {"levels": ["unseen"], "episodes": 4, "workers": 1},
+        "rl": {"algos": ["bc"], "steps": {"bc": 30}, "keep": {"bc": "all"},
+               "reference_rows": ["paper", "shooting", "llm_policy"]},
+        "dynamics": {"epochs": 3, "hidden": 32},
+        "shooting": {"candidates": 16, "horizon": 6},
+        "evaluate": {"levels": ["unseen"], "episodes": 4, "workers": 1,
+                     "llm_policy_episodes": 3},
     }
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -324,6 +328,20 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     assert ev["episodes"] == 4
     report = (out / "report" / "report.md").read_text()
     assert "| unseen | 4 |" in report
+    # the reference rows, each from its own stages
+    for row in ("paper-unseen-seed0", "shooting-unseen-seed0"):
+        variant = row.split("-")[0]
+        ev = json.loads((out / f"evaluate-bc-{variant}-seed0" / row / "eval-unseen.json")
+                        .read_text())
+        assert ev["episodes"] == 4
+    shot = read_episodes(out / "shoot-unseen" / "labelled.h5")
+    assert len(shot) == len(imagined) and shot.lengths.max() <= 6
+    llm = json.loads((out / "evaluate-llm-policy" / "eval-unseen.json").read_text())
+    assert llm["episodes"] == 3
+    assert "BC KALM, paper mode" in report and "BC no LLM (shooting)" in report
+    assert "The grounded LLM as the policy" in report and "| unseen | 3 |" in report
+    label = json.loads((out / "label-unseen" / "label_stats.json").read_text())
+    assert label["labeller"] == "ensemble" and label["generated"] == len(imagined)
 
 
 def test_every_subcommand_is_documented():

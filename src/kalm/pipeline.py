@@ -25,6 +25,8 @@ from kalm.run_folder import (
     CONFIG_FILE,
     DYNAMICS,
     GROUND,
+    LLM_POLICY,
+    LLM_POLICY_STAGE,
     PAPER,
     RECORD,
     REPORT,
@@ -205,7 +207,14 @@ def label_config(cfg: RunConfig, level: str) -> dict[str, Any]:
 
 
 def evaluate_config(cfg: RunConfig) -> dict[str, Any]:
-    return _hashed({**to_dict(cfg.evaluate), "suite_file": cfg.suite_file})
+    ev = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "llm_policy_episodes"}
+    return _hashed({**ev, "suite_file": cfg.suite_file})
+
+
+def llm_policy_config(cfg: RunConfig) -> dict[str, Any]:
+    ev = cfg.evaluate
+    return {"levels": list(ev.levels), "episodes": ev.llm_policy_episodes, "seed": ev.seed,
+            "suite_file": cfg.suite_file}
 
 
 def _ground_resolved(folder: Path) -> dict[str, Any]:
@@ -343,6 +352,16 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
                 stages.append(Stage(evaluate_stage(algo, seed, variant), evaluate_config(cfg),
                                     [train_name], run_eval))
+
+    if LLM_POLICY in cfg.rl.reference_rows:
+        def run_llm_policy(folder: Path) -> list[Path]:
+            from kalm.eval.llm_policy import evaluate_llm_policy
+
+            return evaluate_llm_policy(root / GROUND, folder, list(cfg.evaluate.levels),
+                                       cfg.evaluate.llm_policy_episodes, cfg.evaluate.seed,
+                                       cfg.evaluate.workers, cfg.env, cfg.suite_file)
+
+        stages.append(Stage(LLM_POLICY_STAGE, llm_policy_config(cfg), [GROUND], run_llm_policy))
 
     def run_report(folder: Path) -> list[Path]:
         from kalm.eval.report import write_report

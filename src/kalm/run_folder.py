@@ -14,6 +14,7 @@ runs/NAME/
   train-ALGO-seedS/{baseline,kalm-LEVEL}-seedS/policy.d3
   evaluate-ALGO-seedS/<policy>/eval-LEVEL.json
   shoot-LEVEL/labelled{,-success}.h5        reference rows: rollouts without the LLM
+  evaluate-llm-policy/eval-LEVEL.json       reference row: the grounded LLM acting itself
   train-ALGO-VARIANT-seedS/VARIANT-LEVEL-seedS/   reference rows (rl.reference_rows):
   evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`
   report/
@@ -45,7 +46,11 @@ REPORT = "report"
 # dynamics ensemble) labelled and used as KALM's are
 PAPER = "paper"
 SHOOTING = "shooting"
-REFERENCES = (PAPER, SHOOTING)
+RL_REFERENCES = (PAPER, SHOOTING)
+# and the grounded LLM acting in the real env itself (the paper's Fig. 5): an evaluation only
+LLM_POLICY = "llm_policy"
+REFERENCES = (*RL_REFERENCES, LLM_POLICY)
+LLM_POLICY_STAGE = "evaluate-llm-policy"
 
 
 def imagine_stage(level: str) -> str:
@@ -61,7 +66,7 @@ def shoot_stage(level: str) -> str:
 
 
 def _variant(variant: str | None) -> str:
-    if variant is not None and variant not in REFERENCES:
+    if variant is not None and variant not in RL_REFERENCES:
         raise ValueError(f"unknown RL variant {variant!r}")
     return f"{variant}-" if variant else ""
 
@@ -91,8 +96,8 @@ def shoot_folder(root: Path, level: str) -> Path:
 
 
 def variants(cfg: RunConfig) -> list[str | None]:
-    """The RL stage variants of a run: the default, then the reference rows asked for."""
-    return [None, *cfg.rl.reference_rows]
+    """The RL stage variants of a run: the default, then the RL reference rows asked for."""
+    return [None, *(r for r in cfg.rl.reference_rows if r in RL_REFERENCES)]
 
 
 def needs_dynamics(cfg: RunConfig) -> bool:
@@ -112,6 +117,8 @@ def stage_names(cfg: RunConfig) -> list[str]:
         for seed in cfg.seeds:
             for variant in variants(cfg):
                 names += [train_stage(algo, seed, variant), evaluate_stage(algo, seed, variant)]
+    if LLM_POLICY in cfg.rl.reference_rows:
+        names.append(LLM_POLICY_STAGE)
     return [*names, REPORT]
 
 
@@ -144,7 +151,8 @@ class RLStage:
     # reference rows beside KALM, each trained in stages of its own (adding one later runs only
     # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, every rollout,
     # 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble, labelled and used as
-    # KALM's rollouts are)
+    # KALM's rollouts are), `llm_policy` (the grounded LLM acting in the real env itself,
+    # evaluate.llm_policy_episodes per level)
     reference_rows: list[str] = field(default_factory=list)
 
     def keep_for(self, algo: str) -> str:
@@ -159,6 +167,7 @@ class EvaluateStage:
     levels: list[str] = field(default_factory=lambda: ["rephrase", "easy", "hard"])
     episodes: int = 100  # per level and seed
     easy_episodes: int = 200
+    llm_policy_episodes: int = 100  # per level, for the llm_policy reference row (one seed)
     seed: int = 1000
     workers: int = 2
 

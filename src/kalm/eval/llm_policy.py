@@ -9,6 +9,8 @@ observations are moved to it, the chosen action comes back to the host.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,30 @@ class LLMPolicy:
             action = out.float().cpu().numpy().astype(np.float32)
         self._last_action = action
         return action
+
+
+def evaluate_llm_policy(model_dir: str | Path, out: str | Path, levels: list[str],
+                        episodes: int, seed: int, workers: int, env: str,
+                        suite_file: str | None = None) -> list[Path]:
+    """The grounded model acting in the real env on each level: OUT/eval-LEVEL.json per level
+    (a level already evaluated is kept: resuming). On the CPU: the model decodes one episode
+    at a time, so this is the slow row of a report."""
+    from kalm.data.suites import load_builtin_suite, resolve_suite
+    from kalm.eval.evaluate import evaluate_policy
+    from kalm.io import write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for level in levels:
+        path = out / f"eval-{level}.json"
+        if not path.exists():
+            suite = (resolve_suite(None, suite_file, env=env).by_level(level) if suite_file
+                     else load_builtin_suite(level, env=env))
+            res = evaluate_policy(functools.partial(LLMPolicy, str(model_dir), device="cpu"),
+                                  suite, episodes, seed=seed, workers=workers,
+                                  name=f"LLM as policy ({model_dir})", env=env)
+            write_json(res.to_json()["levels"][level], path)
+        json.loads(path.read_text())  # a readable result, or fail here rather than in the report
+        paths.append(path)
+    return paths

@@ -27,6 +27,8 @@ from kalm.eval.compare import (
 from kalm.io import save_gif, write_text_atomic
 from kalm.run_folder import (
     GROUND,
+    LLM_POLICY,
+    LLM_POLICY_STAGE,
     PAPER,
     RECORD,
     REPORT,
@@ -116,6 +118,20 @@ def success_table(summaries: dict[str, dict[str, Any]]) -> str:
                  for a in algos for m in shown]
         lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def llm_policy_table(root: Path, levels: list[str]) -> str | None:
+    """The grounded LLM acting in the real env itself, per level (one evaluation seed)."""
+    folder = root / LLM_POLICY_STAGE
+    rows = []
+    for lv in levels:
+        path = folder / f"eval-{lv}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            rows.append(f"| {lv} | {r['episodes']} | {100 * r['success_rate']:.1f} |")
+    if not rows:
+        return None
+    return "\n".join(["| level | episodes | success (%) |", "|---|---|---|", *rows])
 
 
 def _label_stats(root: Path, level: str, variant: str | None = None
@@ -331,6 +347,11 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
             "with the LLM's own labels 1:1, as the paper does.", "", success_table(summaries),
             "", "### Imagined data each KALM policy learned from", "",
             imagined_use_table(root, cfg), ""]
+        llm = llm_policy_table(root, list(cfg.evaluate.levels))
+        if LLM_POLICY in cfg.rl.reference_rows or llm:
+            md += ["### The grounded LLM as the policy (the paper's Fig. 5)", "",
+                   "The grounded model's action head acting in the real simulator, greedy, "
+                   "one evaluation seed.", "", llm or "Not evaluated yet.", ""]
         for algo, s in summaries.items():
             bar_plot(s, folder / f"success-{algo}.png")
             md += [f"![{algo} success](success-{algo}.png)", ""]
