@@ -296,3 +296,44 @@ def test_llm_as_policy_matches_teacher_forced_argmax(model, builder):
         chosen = model.predict_action(h[0, idx]).argmax(-1).tolist()
     assert chosen == ep.actions.tolist()
     assert ep.length >= 1
+
+
+def test_best_of_n_proposals_share_the_start_state_and_proposal_zero_is_the_plain_run(
+        model, tmp_path):
+    suite = tmp_path / "s.jsonl"
+    suite.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"instruction": "Red left of blue.", "level": "rephrase", "goal": GOAL},
+        {"instruction": "Blue right of red.", "level": "rephrase",
+         "goal": {**GOAL, "object": "blue", "reference": "red", "direction": "right"}}]))
+    plain = dict(suite_file=str(suite), per_goal=1, max_steps=4, seed=5)
+    imagine(ImagineConfig(out=str(tmp_path / "one.h5"), **plain), model=model, progress=False)
+    imagine(ImagineConfig(out=str(tmp_path / "three.h5"), proposals=3, proposal_temperature=2.0,
+                          batch_size=4, **plain), model=model, progress=False)
+    one, three = read_episodes(tmp_path / "one.h5"), read_episodes(tmp_path / "three.h5")
+    assert len(one) == 2 and len(three) == 6
+    assert list(three.extras["proposal"]) == [0, 1, 2, 0, 1, 2]
+    assert list(three.extras["task_index"]) == [0, 0, 0, 1, 1, 1]
+    for task in range(2):
+        rows = three.observations[3 * task : 3 * task + 3, 0]
+        assert np.allclose(rows, one.observations[task, 0])  # one start state per task
+        greedy = three.episode(3 * task)
+        assert np.array_equal(greedy.actions, one.episode(task).actions)
+    # sampled proposals differ from the greedy one somewhere (temperature 2 over 40 actions)
+    sampled = [three.episode(i).actions.tolist() for i in (1, 2, 4, 5)]
+    greedy = [three.episode(i).actions.tolist() for i in (0, 3)]
+    assert any(s not in greedy for s in sampled)
+    # the label stage keeps one rollout per task: a self-judged success where there is one
+    from kalm.envs.registry import get_env
+    from kalm.imagination.labelling import LabelConfig, label_level
+
+    stats = label_level(tmp_path / "three.h5", tmp_path / "labels", LabelConfig("llm"),
+                        get_env("clevr"))
+    assert stats["generated"] == 6 and stats["proposals_per_task"] == 3
+    kept = read_episodes(tmp_path / "labels" / "labelled.h5")
+    assert list(kept.extras["task_index"]) == [0, 1]
+    for task in range(2):
+        ok = [bool(three.extras["self_success"][i]) for i in range(3 * task, 3 * task + 3)]
+        chosen = int(kept.extras["proposal"][task])
+        assert chosen == (ok.index(True) if any(ok) else 0)
+    with pytest.raises(ValueError, match="proposals"):
+        imagine(ImagineConfig(out=str(tmp_path / "x.h5"), proposals=0, **plain), model=model)

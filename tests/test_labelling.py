@@ -293,3 +293,43 @@ def test_shot_rollouts_on_perfect_dynamics_are_judged_as_the_simulator_judges_th
     assert again["kept"] == stats["kept"]
     assert np.array_equal(read_episodes(tmp_path / "again" / "labelled.h5").actions,
                           shot.actions)
+
+
+# ----------------------------------------------------------------------------- best-of-N
+def _proposal(task: int, j: int, ok: bool, u: float):
+    from kalm.data.episodes import Episode
+
+    return Episode(np.zeros((2, 10), np.float32), np.zeros(1, np.int64), np.zeros(1, np.float32),
+                   np.array([ok]), "x", dict(GOAL),
+                   extras={"task_index": task, "proposal": j, "ensemble_success": ok,
+                           "ensemble_uncertainty_mean": u})
+
+
+def test_best_of_n_keeps_one_rollout_per_task_a_verified_one_where_there_is_one():
+    from kalm.imagination.labelling import select_proposals
+
+    eps = [_proposal(0, 0, False, 0.1), _proposal(0, 1, True, 0.5), _proposal(0, 2, True, 0.2),
+           _proposal(1, 0, False, 0.1), _proposal(1, 1, False, 0.0),
+           _proposal(2, 1, True, 0.3), _proposal(2, 0, True, 0.3)]
+    chosen = select_proposals(eps, "ensemble_success")
+    assert [(e.extras["task_index"], e.extras["proposal"]) for e in chosen] == [
+        (0, 2), (1, 0), (2, 0)]  # least uncertain verified; greedy when none; earliest on ties
+    single = [_proposal(0, 0, False, 0.1), _proposal(1, 0, True, 0.1)]
+    assert select_proposals(single, "ensemble_success") is single
+
+
+def test_run_reference_rows_flag_adds_their_stages_to_the_dry_run(tmp_path):
+    from click.testing import CliRunner
+
+    from kalm.cli import main
+
+    args = ["run", "--config", str(ROOT / "configs" / "clevr-quick.yaml"), "--out",
+            str(tmp_path / "r"), "--seeds", "0", "--dry-run"]
+    plain = CliRunner().invoke(main, args)
+    refs = CliRunner().invoke(main, [*args, "--reference-rows", "paper,llm_policy"])
+    assert plain.exit_code == 0 and refs.exit_code == 0, refs.output
+    assert "train-cql-paper-seed0" not in plain.output
+    assert "train-cql-paper-seed0" in refs.output and "evaluate-llm-policy" in refs.output
+    assert "shoot-easy" not in refs.output
+    bad = CliRunner().invoke(main, [*args, "--reference-rows", "oracle"])
+    assert bad.exit_code != 0 and "unknown row 'oracle'" in bad.output

@@ -302,6 +302,11 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, hea
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="Action sampling temperature; 0 = greedy.")
+@click.option("--proposals", type=int, default=1, show_default=True,
+              help="Best-of-N: proposals per rollout from the same start state (the first at "
+                   "--temperature, the others at --proposal-temperature); `kalm run`'s label "
+                   "stage keeps one per rollout, a verified one where there is one.")
+@click.option("--proposal-temperature", type=float, default=1.0, show_default=True)
 @click.option("--no-cache", is_flag=True,
               help="Re-encode the whole sequence each step (tests and benchmarks only).")
 @click.option("--filter", "filter_", is_flag=True,
@@ -314,7 +319,8 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, hea
 @click.option("--device", default="auto", show_default=True,
               help="Where the model runs: auto (cuda when present), cpu, cuda, cuda:N.")
 def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, seed,
-            temperature, no_cache, filter_, filter_explanation, backbone, clamp, device) -> None:
+            temperature, proposals, proposal_temperature, no_cache, filter_, filter_explanation,
+            backbone, clamp, device) -> None:
     """Imagine rollouts for a goal suite with a grounded model, labelled and quality-checked.
 
     Writes an episode file (source `imagined`) and OUT.stats.json with the match rates
@@ -330,7 +336,8 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
 
     cfg = ImagineConfig(model=model_dir, out=out, suite=suite, suite_file=suite_file,
                         per_goal=per_goal, batch_size=batch_size, max_steps=max_steps,
-                        seed=seed, temperature=temperature, use_cache=not no_cache,
+                        seed=seed, temperature=temperature, proposals=proposals,
+                        proposal_temperature=proposal_temperature, use_cache=not no_cache,
                         filter=filter_, filter_explanation=filter_explanation,
                         backbone=backbone, clamp=clamp, device=device)
     try:
@@ -544,13 +551,18 @@ def check_suite(suite_file, env) -> None:
               help="Run folder (default: runs/<name from the config>).")
 @click.option("--seeds", default=None,
               help="RL seeds, overriding the config: --seeds 0 1 2 or --seeds 0,1,2.")
+@click.option("--reference-rows", default=None,
+              help="Rows beside KALM, overriding rl.reference_rows: a comma-separated subset "
+                   "of paper, shooting, llm_policy (added to a finished run, only their stages "
+                   "run).")
 @click.option("--dry-run", is_flag=True, help="Print the stages and whether each would run.")
 @click.option("--smoke", is_flag=True,
               help="Run every stage for a step or two on a small slice (into OUT-smoke), e.g. to "
                    "check a paper-scale config on a small machine.")
 @click.pass_context
-def run(ctx, config_file, out, seeds, dry_run, smoke) -> None:
-    """All stages, resumable: collect -> ground -> imagine -> train -> evaluate -> report.
+def run(ctx, config_file, out, seeds, reference_rows, dry_run, smoke) -> None:
+    """All stages, resumable: collect -> dynamics -> ground -> imagine -> label -> train ->
+    evaluate -> report.
 
     Each stage writes OUT/<stage>/stage.json with its config, input hash, output checksums and
     wall time. Rerunning skips finished stages whose inputs are unchanged and resumes an
@@ -569,7 +581,9 @@ def run(ctx, config_file, out, seeds, dry_run, smoke) -> None:
     elif ctx.args:
         _fail(ValueError(f"unexpected arguments {ctx.args}"))
     try:
-        cfg = load_run_config(config_file, out=out, seeds=seed_list)
+        rows = None if reference_rows is None else [
+            r for r in reference_rows.replace(" ", ",").split(",") if r]
+        cfg = load_run_config(config_file, out=out, seeds=seed_list, reference_rows=rows)
     except ConfigError as exc:
         _fail(exc)
     if smoke:

@@ -186,7 +186,9 @@ def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
     return {"level": level, "per_goal": im.levels[level], "max_steps": im.max_steps,
             "temperature": im.temperature, "filter": im.filter,
             "filter_explanation": im.filter_explanation, "seed": im.seed,
-            "suite_file": cfg.suite_file, **({"goals": im.goals} if im.goals is not None else {})}
+            "suite_file": cfg.suite_file, **({"goals": im.goals} if im.goals is not None else {}),
+            **({"proposals": im.proposals, "proposal_temperature": im.proposal_temperature}
+               if im.proposals > 1 else {})}
 
 
 def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = None
@@ -281,7 +283,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 model=str(root / GROUND), out=str(out), suite=level, suite_file=suite_file,
                 per_goal=im.levels[level], batch_size=im.batch_size,
                 max_steps=im.max_steps, seed=im.seed, temperature=im.temperature,
-                filter=im.filter, filter_explanation=im.filter_explanation, goals=im.goals))
+                filter=im.filter, filter_explanation=im.filter_explanation, goals=im.goals,
+                proposals=im.proposals, proposal_temperature=im.proposal_temperature))
             return [out, out.with_suffix(".stats.json")]
 
         stages.append(Stage(imagine_stage(level), imagine_config(cfg, level), [GROUND],

@@ -135,6 +135,11 @@ class ImagineStage:
     filter_explanation: bool = False
     seed: int = 0
     goals: int | None = None  # imagine for each level's first N goals only (smoke runs)
+    # best-of-N: proposals per rollout from the same start state (the first at `temperature`,
+    # the others at `proposal_temperature`); the label stage keeps one, a verified one where
+    # there is one
+    proposals: int = 1
+    proposal_temperature: float = 1.0
 
 
 @dataclass
@@ -256,8 +261,10 @@ class RunConfig:
 
 
 def load_run_config(path: str | Path, out: str | None = None,
-                    seeds: list[int] | None = None) -> RunConfig:
-    """The YAML config with the command line's --out/--seeds applied; errors name the key."""
+                    seeds: list[int] | None = None,
+                    reference_rows: list[str] | None = None) -> RunConfig:
+    """The YAML config with the command line's --out/--seeds/--reference-rows applied; errors
+    name the key."""
     raw = read_yaml_mapping(path)
     env = raw.get("env", "clevr")
     if isinstance(raw.get("collect", {}), dict):
@@ -266,6 +273,11 @@ def load_run_config(path: str | Path, out: str | None = None,
         raw["out"] = out
     if seeds:
         raw["seeds"] = list(seeds)
+    if reference_rows is not None:
+        rl = raw.get("rl") or {}
+        if not isinstance(rl, dict):
+            raise ConfigError(f"{path}: rl: expected a mapping")
+        raw["rl"] = {**rl, "reference_rows": list(reference_rows)}
     try:
         return from_dict(RunConfig, raw)
     except ConfigError as exc:

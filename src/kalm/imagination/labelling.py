@@ -6,6 +6,9 @@ through a dynamics ensemble fitted on the real transitions (`relabel.py`) and la
 states: the model's own states drift into the goal far more often than its actions reach it, and
 those false successes are what made imagined data hurt (docs/results.md, section 5).
 
+A best-of-N file (several proposals per task) is reduced to one rollout per task first: a
+proposal the labeller judges successful where there is one (`select_proposals`).
+
 Two files per level, because the learners need different things: `labelled.h5` holds every
 labelled rollout (a value-based learner such as CQL learns from failures too, and from the
 penalty), `labelled-success.h5` only the ones the labeller judged successful (an imitation learner
@@ -75,6 +78,29 @@ def label_quality(episodes: list[Episode], key: str) -> dict[str, Any] | None:
     return judge_quality(episodes, key).to_json()
 
 
+def select_proposals(episodes: list[Episode], verdict_key: str) -> list[Episode]:
+    """One rollout per task of a best-of-N file (`kalm imagine` with proposals > 1): among the
+    task's proposals judged successful, the least uncertain on the ensemble (then the earliest
+    proposal); when none is, the first proposal (greedy by default). A file of single
+    proposals is returned as it is."""
+    if not any(int(e.extras.get("proposal", 0)) for e in episodes):
+        return episodes
+    by_task: dict[int, list[Episode]] = {}
+    for e in episodes:
+        by_task.setdefault(int(e.extras["task_index"]), []).append(e)
+    chosen = []
+    for task in sorted(by_task):
+        proposals = sorted(by_task[task], key=lambda e: int(e.extras["proposal"]))
+        verified = [e for e in proposals if e.extras[verdict_key]]
+        if verified:
+            chosen.append(min(verified, key=lambda e: (
+                float(e.extras.get("ensemble_uncertainty_mean", 0.0)),
+                int(e.extras["proposal"]))))
+        else:
+            chosen.append(proposals[0])
+    return chosen
+
+
 def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
                 definition: EnvDefinition, dynamics: Dynamics | None = None
                 ) -> dict[str, Any]:
@@ -100,6 +126,7 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
     else:
         labelled, attrs, extra = generated, {**data.attrs, "labeller": "llm"}, {}
     verdict = VERDICT_KEY[cfg.labeller]
+    labelled = select_proposals(labelled, verdict)
     successful = [e for e in labelled if e.extras[verdict]]
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str | None] = {}
@@ -116,6 +143,8 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
     stats = {
         "labeller": cfg.labeller, "config": asdict(cfg), "source": imagined.name,
         "generated": len(generated),
+        "proposals_per_task": 1 + max((int(e.extras.get("proposal", 0)) for e in generated),
+                                      default=0),
         "kept": {"all": len(labelled), "success": len(successful)},
         "transitions": {"all": sum(e.length for e in labelled),
                         "success": sum(e.length for e in successful)},

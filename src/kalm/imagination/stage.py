@@ -59,6 +59,11 @@ class ImagineConfig:
     clamp: bool | None = None  # override the model's clamping of generated states
     device: str = "auto"  # where the model runs: auto = cuda when present, else cpu
     goals: int | None = None  # the suite's first N goals only (smoke runs, quick looks)
+    # best-of-N: proposals per task from the same start state, the first at `temperature`
+    # (greedy by default), the others sampled at `proposal_temperature`; the label stage keeps
+    # one per task, a verified one where there is one
+    proposals: int = 1
+    proposal_temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,15 @@ def sampling_seed(seed: int, index: int) -> int:
     """The seed of task `index`'s action sampling: its own stream, apart from the reset seed
     `episode_seed(seed, index)` of the same task."""
     return int(np.random.SeedSequence([seed, index], spawn_key=(1,)).generate_state(1)[0])
+
+
+def proposal_seed(seed: int, index: int, proposal: int) -> int:
+    """Proposal `proposal` of task `index` samples from its own stream; proposal 0 from the
+    task's own (`sampling_seed`), so one proposal per task is exactly the plain run."""
+    if proposal == 0:
+        return sampling_seed(seed, index)
+    return int(np.random.SeedSequence([seed, index, proposal], spawn_key=(1,))
+               .generate_state(1)[0])
 
 
 def explanation_verdict(extras: dict[str, Any]) -> bool | None:
@@ -126,36 +140,48 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
         s = episode_seed(cfg.seed, t.index)
         s0, _ = reset_unsolved(env, t.goal, t.instruction, s, t.init)
         ready.append((t, steps, s0.astype(np.float32), s))
-    for i in range(0, len(ready), cfg.batch_size):
-        batch = ready[i : i + cfg.batch_size]
-        rolls = imagine_batch(model, builder, [b[0].instruction for b in batch],
-                              np.stack([b[2] for b in batch]), [b[0].goal for b in batch],
-                              [b[1] for b in batch], definition.success,
-                              temperature=cfg.temperature, use_cache=cfg.use_cache,
-                              seeds=[sampling_seed(cfg.seed, b[0].index) for b in batch])
-        for (t, _, _, s), r in zip(batch, rolls, strict=True):
-            rewards, terminals = definition.labels(t.goal, r.observations, r.actions)
-            rng = np.random.default_rng(s + 17)
-            a = assess_rollout(definition, env, t.goal, r.observations, r.actions, r.success,
-                               rng)
-            check = a.check or RolloutCheck(transitions=len(r.actions))
-            errors = a.errors
-            ep = Episode(r.observations, r.actions, rewards, terminals, t.instruction, t.goal,
-                         extras={"task_index": t.index, "self_success": r.success,
-                                 "replay_success": bool(a.replay_ok),
-                                 "random_replay_success": bool(a.random_ok),
-                                 "replayed": a.replay_ok is not None,
-                                 "realism_checked": a.check is not None,
-                                 "realistic": check.realistic,
-                                 **{UNREALISTIC + k: v for k, v in check.counts.items()},
-                                 "mean_state_error": float(np.mean(errors)) if len(errors)
-                                 else float("nan"),
-                                 "state_errors": _pad(errors),
-                                 "explanation_checked": False,
-                                 "explanation_consistent": False})
-            ep.extras["level"] = t.level
-            episodes.append(ep)
-        bar.update(len(batch))
+    # every proposal of a task starts from the task's start state; rows sampled at one
+    # temperature are decoded together
+    rows = [(t, steps, s0, s, j) for t, steps, s0, s in ready for j in range(cfg.proposals)]
+    by_temperature: dict[float, list[tuple[Task, int, np.ndarray, int, int]]] = {}
+    for row in rows:
+        temp = cfg.temperature if row[4] == 0 else cfg.proposal_temperature
+        by_temperature.setdefault(temp, []).append(row)
+    decoded = []
+    for temp, group in by_temperature.items():
+        for i in range(0, len(group), cfg.batch_size):
+            batch = group[i : i + cfg.batch_size]
+            rolls = imagine_batch(model, builder, [b[0].instruction for b in batch],
+                                  np.stack([b[2] for b in batch]), [b[0].goal for b in batch],
+                                  [b[1] for b in batch], definition.success, temperature=temp,
+                                  use_cache=cfg.use_cache,
+                                  seeds=[proposal_seed(cfg.seed, b[0].index, b[4])
+                                         for b in batch])
+            decoded += list(zip(batch, rolls, strict=True))
+            bar.update(len(batch) / cfg.proposals)
+    decoded.sort(key=lambda d: (d[0][0].index, d[0][4]))  # task order, then proposal order
+    for (t, _, _, s, j), r in decoded:
+        rewards, terminals = definition.labels(t.goal, r.observations, r.actions)
+        rng = np.random.default_rng(s + 17 + 1000003 * j)
+        a = assess_rollout(definition, env, t.goal, r.observations, r.actions, r.success, rng)
+        check = a.check or RolloutCheck(transitions=len(r.actions))
+        errors = a.errors
+        ep = Episode(r.observations, r.actions, rewards, terminals, t.instruction, t.goal,
+                     extras={"task_index": t.index, "proposal": j,
+                             "self_success": r.success,
+                             "replay_success": bool(a.replay_ok),
+                             "random_replay_success": bool(a.random_ok),
+                             "replayed": a.replay_ok is not None,
+                             "realism_checked": a.check is not None,
+                             "realistic": check.realistic,
+                             **{UNREALISTIC + k: v for k, v in check.counts.items()},
+                             "mean_state_error": float(np.mean(errors)) if len(errors)
+                             else float("nan"),
+                             "state_errors": _pad(errors),
+                             "explanation_checked": False,
+                             "explanation_consistent": False})
+        ep.extras["level"] = t.level
+        episodes.append(ep)
     return episodes, skipped
 
 
@@ -184,6 +210,8 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
 
     if cfg.per_goal < 1:
         raise ValueError("per_goal must be at least 1")
+    if cfg.proposals < 1:
+        raise ValueError("proposals must be at least 1")
     env_name = model.spec.env if model is not None else read_meta(cfg.model)["spec"]["env"]
     definition = get_env(env_name)
     if cfg.filter_explanation and definition.explanation_correct is None:
