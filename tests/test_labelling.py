@@ -89,7 +89,8 @@ def test_no_judged_success_writes_no_success_file_and_trains_no_bc_kalm_policy(
     assert stats["files"] == {"all": "labelled.h5", "success": None}
     assert labelled_file(label_folder(root, "rephrase"), "success") is None
     cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
-        RunConfig().imagine, levels={"rephrase": 2}))
+        RunConfig().imagine, levels={"rephrase": 2}), rl=dataclasses.replace(
+        RunConfig().rl, keep={"cql": "all"}))
     bc = compare_config(cfg, "bc", root)
     assert [name for name, _ in policy_runs(bc, 0)] == ["baseline-seed0"]
     cql = compare_config(cfg, "cql", root)
@@ -106,7 +107,9 @@ def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_l
                 SimulatorDynamics(GOAL))
     cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
         RunConfig().imagine, levels={"rephrase": 2}), rl=dataclasses.replace(
-        RunConfig().rl, level_ratios={"rephrase": 0.25}, reference_rows=["paper"]))
+        RunConfig().rl, level_ratios={"rephrase": 0.25}, reference_rows=["paper"],
+        keep={"cql": "all"}))
+    assert RunConfig().rl.keep_for("cql") == RunConfig().rl.keep_for("bc") == "success"
 
     def train_data(algo, variant=None):
         cc = compare_config(cfg, algo, root, variant)
@@ -219,7 +222,7 @@ def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_
                 SimulatorDynamics(GOAL))
     cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
         RunConfig().imagine, levels={"rephrase": 2, "hard": 1}),
-        rl=dataclasses.replace(RunConfig().rl, reference_rows=["paper"]))
+        rl=dataclasses.replace(RunConfig().rl, reference_rows=["paper"], keep={"cql": "all"}))
     table = labelling_table(root, ["rephrase", "hard"])
     assert "| rephrase | ensemble | 3 | 3 | 1 | 1 (33.3%) | 1 (100.0%) | 100.0% / 100.0% / " \
            "1.00 | 0.0% |" in table
