@@ -23,6 +23,7 @@ from kalm.run_folder import (
     load_run_config,
 )
 from test_dynamics import CLEVR, GOAL, SimulatorDynamics, imagined
+from test_pipeline import _fake_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,37 +151,25 @@ def test_bad_label_and_rl_settings_name_the_key(tmp_path, section, bad, match):
         load_run_config(path)
 
 
-def _fake_stages(cfg, calls):
-    from kalm.pipeline import build_stages
-
-    stages = build_stages(cfg)
-    for s in stages:
-        s.run = (lambda name: lambda folder: (calls.append(name),
-                                              (folder / "o.txt").write_text(name),
-                                              [folder / "o.txt"])[-1])(s.name)
-        s.resolved = None
-    return stages
-
-
 def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp_path):
     from kalm.pipeline import Runner
 
     cfg = load_run_config(ROOT / "configs" / "clevr-quick.yaml", out=str(tmp_path / "r"),
                           seeds=[0])
-    stages = {s.name: s for s in _fake_stages(cfg, [])}
+    stages = {s.name: s for s in _fake_pipeline(cfg, [])}
     assert stages["label-easy"].inputs == ["imagine-easy", "dynamics"]
     assert stages["train-bc-seed0"].inputs == ["collect", "label-rephrase", "label-easy",
                                                "label-hard"]
     calls: list[str] = []
     runner = Runner(cfg.run_dir, lambda m: None)
-    for s in _fake_stages(cfg, calls):
+    for s in _fake_pipeline(cfg, calls):
         runner.run(s)
     assert "dynamics" in calls and "train-cql-paper-seed0" not in calls
 
     with_paper = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, reference_rows=["paper"]))
     calls.clear()
     runner = Runner(cfg.run_dir, lambda m: None)
-    for s in _fake_stages(with_paper, calls):
+    for s in _fake_pipeline(with_paper, calls):
         runner.run(s)
     assert calls == ["train-bc-paper-seed0", "evaluate-bc-paper-seed0",
                      "train-cql-paper-seed0", "evaluate-cql-paper-seed0", "report"]
@@ -190,7 +179,7 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
         cfg.rl, reference_rows=["paper", "shooting", "llm_policy"]))
     calls.clear()
     runner = Runner(cfg.run_dir, lambda m: None)
-    stages = _fake_stages(with_shooting, calls)
+    stages = _fake_pipeline(with_shooting, calls)
     assert {s.name: s for s in stages}["shoot-hard"].inputs == ["imagine-hard", "dynamics"]
     for s in stages:
         runner.run(s)
@@ -204,7 +193,7 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
     llm = dataclasses.replace(with_paper, label=LabelConfig("llm"))
     calls.clear()
     runner = Runner(cfg.run_dir, lambda m: None)
-    for s in _fake_stages(llm, calls):
+    for s in _fake_pipeline(llm, calls):
         runner.run(s)
     assert not any(c.startswith(("imagine", "ground", "collect")) for c in calls)
     assert {"label-easy", "train-bc-seed0"} <= set(calls)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
-from kalm.envs.base import EnvDefinition
+from kalm.envs.base import EnvDefinition, EnvSpecInfo
 from kalm.imagination.relabel import Dynamics, RelabelConfig, judge_quality, relabel
 from kalm.io import write_json
 
@@ -127,6 +127,18 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
         labelled, attrs, extra = generated, {**data.attrs, "labeller": "llm"}, {}
     verdict = VERDICT_KEY[cfg.labeller]
     labelled = select_proposals(labelled, verdict)
+    return write_label_folder(out_dir, data.spec, generated, labelled, verdict, attrs, {
+        "labeller": cfg.labeller, "config": asdict(cfg), "source": imagined.name, **extra})
+
+
+def write_label_folder(out_dir: str | Path, spec: EnvSpecInfo, generated: list[Episode],
+                       labelled: list[Episode], verdict: str, attrs: dict[str, Any],
+                       info: dict[str, Any]) -> dict[str, Any]:
+    """The label-folder layout that learners read, whoever proposed the rollouts: every
+    LABELLED rollout and those whose VERDICT extra is true, each file written atomically (or
+    removed when empty), and `label_stats.json` with INFO, the counts and the simulator
+    diagnostics over the GENERATED rollouts; returns the stats."""
+    out_dir = Path(out_dir)
     successful = [e for e in labelled if e.extras[verdict]]
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str | None] = {}
@@ -134,14 +146,15 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
         path = out_dir / KEEP_FILES[keep]
         if episodes:
             write_episodes(EpisodeData.from_episodes(
-                episodes, data.spec, source="imagined", attrs={**attrs, "keep": keep}), path)
+                episodes, spec, source="imagined", attrs={**attrs, "keep": keep}), path)
             files[keep] = path.name
         else:
             path.unlink(missing_ok=True)
             files[keep] = None
-    replayed = [e for e in generated if "replay_success" in e.extras]
+    replayed = [e for e in generated
+                if "replay_success" in e.extras and e.extras.get("replayed", True)]
     stats = {
-        "labeller": cfg.labeller, "config": asdict(cfg), "source": imagined.name,
+        **info,
         "generated": len(generated),
         "proposals_per_task": 1 + max((int(e.extras.get("proposal", 0)) for e in generated),
                                       default=0),
@@ -159,7 +172,6 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
             "labeller": label_quality(labelled, verdict),
             "llm_self": label_quality(generated, "self_success"),
         },
-        **extra,
     }
     write_json(stats, out_dir / STATS_FILE)
     return stats

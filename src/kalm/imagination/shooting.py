@@ -25,13 +25,12 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
+from kalm.data.episodes import Episode, EpisodeData, read_episodes
 from kalm.envs.base import EnvDefinition, action_item
 from kalm.envs.registry import make_env
-from kalm.imagination.labelling import ALL_FILE, KEEP_FILES, STATS_FILE, SUCCESS_FILE, label_quality
+from kalm.imagination.labelling import ALL_FILE, SUCCESS_FILE, write_label_folder
 from kalm.imagination.quality import replay_actions
 from kalm.imagination.relabel import Dynamics, RelabelConfig, label_resimulated
-from kalm.io import write_json
 
 
 @dataclass
@@ -123,37 +122,12 @@ def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
     t0 = time.perf_counter()
     episodes = shoot(tasks, dynamics, definition, cfg, progress)
     seconds = time.perf_counter() - t0
-    successful = [e for e in episodes if e.extras["ensemble_success"]]
     attrs = {"proposer": "random shooting", **{f"shooting_{k}": v
                                                for k, v in asdict(cfg).items()}}
-    files: dict[str, str | None] = {}
-    for keep, eps in (("all", episodes), ("success", successful)):
-        path = out_dir / KEEP_FILES[keep]
-        if eps:
-            write_episodes(EpisodeData.from_episodes(eps, tasks.spec, source="imagined",
-                                                     attrs={**attrs, "keep": keep}), path)
-            files[keep] = path.name
-        else:
-            path.unlink(missing_ok=True)
-            files[keep] = None
-    replayed = [e for e in episodes if e.extras.get("replayed")]
-    stats = {
-        "labeller": "ensemble", "proposer": "random shooting (no LLM)",
-        "config": asdict(cfg), "source": imagined.name, "seconds": seconds,
-        "generated": len(episodes),
-        "kept": {"all": len(episodes), "success": len(successful)},
-        "transitions": {"all": sum(e.length for e in episodes),
-                        "success": sum(e.length for e in successful)},
-        "judged_successful": len(successful), "files": files,
-        "diagnostic": {
-            "replayed": len(replayed),
-            "replayed_successful": sum(bool(e.extras["replay_success"]) for e in replayed),
-            "replayed_successful_of_kept": sum(bool(e.extras.get("replay_success"))
-                                               for e in successful),
-            "labeller": label_quality(episodes, "ensemble_success"), "llm_self": None},
-    }
-    write_json(stats, out_dir / STATS_FILE)
-    return stats
+    return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
+                              {"labeller": "ensemble", "proposer": "random shooting (no LLM)",
+                               "config": asdict(cfg), "source": imagined.name,
+                               "seconds": seconds})
 
 
 __all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "first_success",
