@@ -94,6 +94,26 @@ def test_training_reduces_the_loss_and_learns_a_linear_system(linear_ensemble):
     assert np.abs(states - ep.observations).max() < 0.1
 
 
+def test_member_rollouts_follow_each_member_on_its_own(linear_ensemble):
+    data = linear_data(n=6, seed=11)
+    s0, acts = data.observations[:, 0], data.actions[:, :5]
+    members = linear_ensemble.member_rollouts(s0, acts)
+    assert members.shape == (3, 6, 6, OBS)
+    assert np.array_equal(members[:, :, 0], np.repeat(s0[None], 3, axis=0))
+    # step by step with predict(): member k's next state from member k's own current state
+    for k in range(3):
+        s = s0.copy()
+        for t in range(5):
+            _, per_member = linear_ensemble.predict(s, acts[:, t])
+            s = per_member[k]
+            assert np.allclose(members[k, :, t + 1], s, atol=1e-5)
+    # one step ahead, the members' mean is the mean rollout's first state
+    mean_states, _ = linear_ensemble.rollout(s0, acts)
+    assert np.allclose(members[:, :, 1].mean(0), mean_states[:, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="member_rollouts takes"):
+        linear_ensemble.member_rollouts(s0[0], acts[0])
+
+
 def test_validation_split_is_by_episode_and_seeded():
     tr, va = split_episodes(50, 0.2, seed=3)
     assert len(va) == 10 and len(tr) == 40 and not set(tr) & set(va)
@@ -275,6 +295,44 @@ def test_truncation_ends_before_the_first_untrusted_step_without_a_terminal(expe
     kept, stats = relabel(data, SimulatorDynamics(GOAL), CLEVR)
     assert len(kept) == 2 and stats.ensemble_success == 2 and stats.self_success == 0
     assert EpisodeData.from_episodes(kept, CLEVR.episode_spec(), source="imagined")
+
+
+class VotingDynamics(SimulatorDynamics):
+    """The simulator as the members' mean, and members of which only `agree` reach the goal
+    (the others predict that nothing moves)."""
+
+    def __init__(self, goal: dict, members: int, agree: int) -> None:
+        super().__init__(goal)
+        self.members, self.agree = members, agree
+
+    def member_rollouts(self, s0: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        true, _ = self.rollout(s0, actions)
+        frozen = np.repeat(np.asarray(s0, np.float32)[:, None], true.shape[1], axis=1)
+        return np.stack([true if k < self.agree else frozen for k in range(self.members)])
+
+
+def test_too_few_member_votes_make_the_success_step_untrusted(expert_episode):
+    real = expert_episode
+    n = real.length
+    ep = imagined(real, np.repeat(real.observations[:1], n + 1, axis=0), real.actions)
+    data = EpisodeData.from_episodes([ep], CLEVR.episode_spec(), source="imagined")
+    # no vote requirement: the mean rollout (the simulator here) decides, votes are stored
+    plain, _ = relabel(data, VotingDynamics(GOAL, 5, 3), CLEVR)
+    assert plain[0].extras["ensemble_success"] and plain[0].extras["ensemble_votes"] == 3
+    assert plain[0].terminals[-1] and plain[0].length == n
+    # 3 of 5 members reach the goal: enough for min_votes 3, not for 4
+    ok, _ = relabel(data, VotingDynamics(GOAL, 5, 3), CLEVR, RelabelConfig(min_votes=3))
+    assert ok[0].extras["ensemble_success"] and ok[0].terminals[-1]
+    out, stats = relabel(data, VotingDynamics(GOAL, 5, 3), CLEVR, RelabelConfig(min_votes=4))
+    assert not out[0].extras["ensemble_success"] and stats.ensemble_success == 0
+    # the success transition is not trusted: the episode ends before it, as a timeout
+    assert out[0].length == n - 1 and not out[0].terminals.any()
+    assert out[0].extras["ensemble_truncated"] and stats.truncated == 1
+    # a model without members has no votes to give
+    with pytest.raises(ValueError, match="min_votes needs"):
+        relabel(data, SimulatorDynamics(GOAL), CLEVR, RelabelConfig(min_votes=1))
+    with pytest.raises(ValueError, match="min_votes must be"):
+        RelabelConfig(min_votes=0)
 
 
 def test_relabel_file_writes_a_valid_imagined_file(expert_episode, tmp_path):

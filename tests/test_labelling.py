@@ -249,6 +249,44 @@ def test_shooting_chooses_the_soonest_success_then_the_least_uncertain():
     assert choose(_StepSuccessEnv, {}, states[:1], u[:1], acts[:1]) == (0, None)
 
 
+def test_the_verified_diagnostic_keeps_what_really_reaches_the_goal_on_simulator_states(
+        expert_episode, tmp_path):
+    from kalm.imagination.labelling import verify_level
+
+    right, wrong = _rollouts(expert_episode)
+    src = _write([right, wrong, wrong], tmp_path / "imagined.h5")
+    stats = verify_level(src, tmp_path / "verify", CLEVR)
+    assert stats["labeller"] == "simulator (diagnostic)" and stats["uses_simulator"]
+    assert stats["judged_successful"] == 1 and stats["kept"]["all"] == 3
+    ok = read_episodes(tmp_path / "verify" / "labelled-success.h5")
+    assert len(ok) == 1 and ok.episode(0).terminals[-1]
+    # the simulator's states: the expert episode's own, cut at its first success
+    first = int(np.flatnonzero(expert_episode.success_steps)[0])
+    assert ok.lengths[0] == first + 1
+    assert np.allclose(ok.observations[0, : first + 2],
+                       expert_episode.observations[: first + 2], atol=1e-5)
+    every = read_episodes(tmp_path / "verify" / "labelled.h5")
+    assert not every.terminals[1:].any()  # the LLM's "successes" did not happen
+
+
+def test_shooting_with_min_votes_skips_successes_the_members_do_not_confirm():
+    from kalm.imagination.shooting import choose
+
+    states = np.zeros((3, 4, 1), np.float32)
+    states[1, 2, 0] = 1.0  # the mean says: success at step 1
+    states[2, 3, 0] = 1.0  # the mean says: success at step 2
+    u = np.full((3, 3), 0.1, np.float32)
+    acts = np.zeros((3, 3), np.int64)
+    members = np.repeat(states[None], 3, axis=0)
+    members[1:, 1] = 0.0  # only one member reaches candidate 1's goal
+    assert choose(_StepSuccessEnv, {}, states, u, acts) == (1, 1)
+    assert choose(_StepSuccessEnv, {}, states, u, acts, members, min_votes=1) == (1, 1)
+    assert choose(_StepSuccessEnv, {}, states, u, acts, members, min_votes=2) == (2, 2)
+    assert choose(_StepSuccessEnv, {}, states, u, acts, members, min_votes=4) == (0, None)
+    with pytest.raises(ValueError, match="min_votes needs"):
+        choose(_StepSuccessEnv, {}, states, u, acts, None, min_votes=2)
+
+
 def test_random_sequences_fit_the_action_space():
     import gymnasium as gym
 

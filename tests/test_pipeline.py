@@ -306,7 +306,7 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
                    "explain_episodes": 2, "warmup_steps": 1},
         "imagine": {"levels": {"unseen": 4}, "batch_size": 16},
         "rl": {"algos": ["bc"], "steps": {"bc": 30}, "keep": {"bc": "all"},
-               "reference_rows": ["paper", "shooting", "llm_policy"]},
+               "reference_rows": ["paper", "shooting", "llm_policy", "verified"]},
         "dynamics": {"epochs": 3, "hidden": 32},
         "shooting": {"candidates": 16, "horizon": 6},
         "evaluate": {"levels": ["unseen"], "episodes": 4, "workers": 1,
@@ -329,7 +329,7 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     report = (out / "report" / "report.md").read_text()
     assert "| unseen | 4 |" in report
     # the reference rows, each from its own stages
-    for row in ("paper-unseen-seed0", "shooting-unseen-seed0"):
+    for row in ("paper-unseen-seed0", "shooting-unseen-seed0", "verified-unseen-seed0"):
         variant = row.split("-")[0]
         ev = json.loads((out / f"evaluate-bc-{variant}-seed0" / row / "eval-unseen.json")
                         .read_text())
@@ -339,6 +339,9 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     llm = json.loads((out / "evaluate-llm-policy" / "eval-unseen.json").read_text())
     assert llm["episodes"] == 3
     assert "BC KALM, paper mode" in report and "BC no LLM (shooting)" in report
+    assert "simulator-verified LLM rollouts (diagnostic)" in report
+    verified = json.loads((out / "verify-unseen" / "label_stats.json").read_text())
+    assert verified["uses_simulator"] and verified["generated"] == len(imagined)
     assert "The grounded LLM as the policy" in report and "| unseen | 3 |" in report
     label = json.loads((out / "label-unseen" / "label_stats.json").read_text())
     assert label["labeller"] == "ensemble" and label["generated"] == len(imagined)

@@ -408,10 +408,14 @@ def dynamics(real, out, members, hidden, epochs, seed) -> None:
 @click.option("--max-uncertainty-quantile", type=float, default=None,
               help="Truncate a rollout before the first step whose ensemble disagreement "
                    "exceeds this quantile of the held-out real disagreement (e.g. 0.99).")
+@click.option("--min-votes", type=int, default=None,
+              help="A success must also be reached by this many members rolling the actions "
+                   "out on their own (default: the members' mean decides).")
 @click.option("--keep", type=click.Choice(["all", "success"]), default="all",
               show_default=True,
               help="success: write only rollouts the ensemble judges successful (for BC).")
-def relabel(imagined_file, dynamics_dir, out, penalty, max_uncertainty_quantile, keep) -> None:
+def relabel(imagined_file, dynamics_dir, out, penalty, max_uncertainty_quantile, min_votes,
+            keep) -> None:
     """Re-simulate imagined actions through a dynamics ensemble and relabel success, rewards
     and terminals on its states (no simulator involved)."""
     from kalm.data.episodes import EpisodeFileError, read_episodes
@@ -424,7 +428,8 @@ def relabel(imagined_file, dynamics_dir, out, penalty, max_uncertainty_quantile,
         limit = (ens.uncertainty_quantile(max_uncertainty_quantile)
                  if max_uncertainty_quantile is not None else None)
         stats, episodes = relabel_file(imagined_file, ens, out,
-                                       RelabelConfig(penalty=penalty, max_uncertainty=limit),
+                                       RelabelConfig(penalty=penalty, max_uncertainty=limit,
+                                                     min_votes=min_votes),
                                        keep=keep)
     except (EpisodeFileError, DynamicsFileError, ValueError, RuntimeError) as exc:
         _fail(exc)
@@ -434,6 +439,81 @@ def relabel(imagined_file, dynamics_dir, out, penalty, max_uncertainty_quantile,
         for name in ("self_success", "ensemble_success"):
             click.echo(f"  {name}: {json.dumps(judge_quality(episodes, name).to_json())}")
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--imagined", "imagined_files", multiple=True, required=True, metavar="LEVEL=FILE",
+              help="Imagined episodes of `kalm imagine` (with the replay diagnostic) for a "
+                   "level (repeatable).")
+@click.option("--dynamics", "dynamics_dir", required=True, type=click.Path(file_okay=False),
+              help="A dynamics ensemble folder (`kalm dynamics`).")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="The grounded model that imagined them, for the signals read from it "
+                   "(log-probability, its dynamics, its explanation); omit to skip those.")
+@click.option("--real", default=None, type=click.Path(dir_okay=False),
+              help="The real episodes the model was grounded on: its held-out split sets the "
+                   "thresholds of the model's scores (required with --model).")
+@click.option("--real-episodes", type=int, default=200, show_default=True,
+              help="Held-out real episodes used for the thresholds.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="JSON file for the table.")
+def signals(imagined_files, dynamics_dir, model_dir, real, real_episodes, out) -> None:
+    """Which simulator-free signal tells right imagined rollouts from wrong ones: precision,
+    recall and AUROC of each against the simulator's replay (a diagnostic), per level."""
+    from kalm.data.episodes import EpisodeFileError, read_episodes
+    from kalm.envs.registry import EnvError, get_env
+    from kalm.imagination.dynamics import DynamicsEnsemble, DynamicsFileError
+    from kalm.imagination.signals import compute_signals, format_rows, signal_table
+    from kalm.io import write_json
+
+    if model_dir is not None and real is None:
+        _fail(ValueError("--model needs --real (its held-out episodes set the thresholds)"))
+    result: dict[str, list] = {}
+    lines = ["| level | signal | kept | precision | recall | AUROC |", "|---|---|---|---|---|---|"]
+    try:
+        model = builder = None
+        held_out: list = []
+        if model_dir is not None:
+            from kalm.llm.prompts import PromptBuilder
+            from kalm.llm.saving import load_rollout_model
+            from kalm.llm.train import split_episodes
+
+            model, meta = load_rollout_model(model_dir)
+            builder = PromptBuilder(model.tokenizer)
+            real_data = read_episodes(real)
+            trained = meta.get("train", {})
+            n_val = int(trained.get("val_episodes", 0))
+            if int(trained.get("episodes", -1)) + n_val != len(real_data):
+                raise ValueError(f"{real}: {len(real_data)} episodes, but the model was "
+                                 f"grounded on {trained.get('episodes')} + {n_val} held out "
+                                 "(pass the file it was grounded on)")
+            _, val = split_episodes(len(real_data), n_val / len(real_data),
+                                    int(trained.get("seed", 0)))
+            if not n_val:
+                raise ValueError(f"{model_dir} was grounded without held-out episodes")
+            held_out = [real_data.episode(int(i)) for i in val[:real_episodes]]
+        for item in imagined_files:
+            level, sep, path = item.partition("=")
+            if not sep or not path:
+                raise ValueError(f"--imagined expects LEVEL=FILE, got {item!r}")
+            data = read_episodes(path)
+            definition = get_env(data.spec.env)
+            episodes = data.episodes()
+            if not all("replay_success" in e.extras and "self_success" in e.extras
+                       for e in episodes):
+                raise ValueError(f"{path}: needs the rollouts of `kalm imagine` with their "
+                                 "replay diagnostic (replay_success, self_success)")
+            ens = DynamicsEnsemble.load(dynamics_dir, spec=data.spec)
+            rows = signal_table(episodes, compute_signals(episodes, held_out, definition, ens,
+                                                          model, builder))
+            result[level] = rows
+            lines += format_rows(level, rows)
+    except (EpisodeFileError, DynamicsFileError, EnvError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    click.echo("\n".join(lines))
+    if out:
+        write_json(result, out)
+        click.echo(f"wrote {out}")
 
 
 @main.command()
@@ -501,10 +581,12 @@ def train(algo, real, imagined, imagined_ratio, steps, out, seed, save_every, co
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="Evaluate on the levels of this suite instead of the built-in suites.")
 @click.option("--levels", default="train,rephrase,easy,hard", show_default=True)
+@click.option("--imagined-ratio", type=float, default=0.5, show_default=True,
+              help="Share of each KALM batch drawn from the imagined data (1:1 = 0.5).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def compare(algo, real, imagined, seeds, steps, episodes, easy_episodes, suite_file, levels,
-            workers, out) -> None:
+            imagined_ratio, workers, out) -> None:
     """Real-only baseline vs KALM per level over seeds: table, JSON and bar plot (resumable)."""
     from kalm.eval.compare import CompareConfig, run_compare
 
@@ -516,7 +598,8 @@ def compare(algo, real, imagined, seeds, steps, episodes, easy_episodes, suite_f
         pairs[level] = path
     cfg = CompareConfig(real=real, out=out, imagined=pairs, algo=algo, seeds=list(seeds),
                         steps=steps, episodes=episodes, easy_episodes=easy_episodes,
-                        suite_file=suite_file, levels=levels.split(","), workers=workers)
+                        suite_file=suite_file, levels=levels.split(","), workers=workers,
+                        imagined_ratio=imagined_ratio)
     try:
         summary = run_compare(cfg)
     except (ValueError, FileNotFoundError) as exc:

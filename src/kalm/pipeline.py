@@ -31,6 +31,7 @@ from kalm.run_folder import (
     RECORD,
     REPORT,
     SHOOTING,
+    VERIFIED,
     RunConfig,
     compare_config,
     evaluate_stage,
@@ -45,6 +46,7 @@ from kalm.run_folder import (
     stage_names,
     train_stage,
     variants,
+    verify_stage,
 )
 
 # the config and layout used to live here; kept importable for scripts written against it
@@ -168,7 +170,7 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
 # Fields added after run folders existed, hashed only when set to something else, so that
 # adding an option does not make every finished stage look changed.
 LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None,
-                                "head_lr_scale": 1.0}
+                                "head_lr_scale": 1.0, "min_votes": None}
 # Settings that change speed or placement, never results.
 SPEED_ONLY = ("workers", "device")
 
@@ -205,7 +207,7 @@ def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = Non
 
 
 def label_config(cfg: RunConfig, level: str) -> dict[str, Any]:
-    return {"level": level, **to_dict(cfg.label)}
+    return _hashed({"level": level, **to_dict(cfg.label)})
 
 
 def evaluate_config(cfg: RunConfig) -> dict[str, Any]:
@@ -316,21 +318,41 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             def run_shoot(folder: Path, level: str = level) -> list[Path]:
                 from kalm.envs.registry import get_env
                 from kalm.imagination.labelling import STATS_FILE
+                from kalm.imagination.relabel import RelabelConfig
                 from kalm.imagination.shooting import shoot_level
 
                 imagined = imagined_data(root, level)
                 stats = shoot_level(imagined, folder, load_dynamics(imagined),
-                                    get_env(cfg.env), cfg.shooting)
+                                    get_env(cfg.env), cfg.shooting,
+                                    judge=RelabelConfig(min_votes=cfg.label.min_votes))
                 return [folder / STATS_FILE,
                         *(folder / f for f in stats["files"].values() if f)]
 
             # the LLM's rollouts are read for their goals and initial states only
-            stages.append(Stage(shoot_stage(level), {"level": level, **to_dict(cfg.shooting)},
+            # chosen and labelled by the label stage's judge, so the rows differ in proposer only
+            judge = _hashed({"min_votes": cfg.label.min_votes})
+            stages.append(Stage(shoot_stage(level), {"level": level, **to_dict(cfg.shooting),
+                                                     **judge},
                                 [imagine_stage(level), DYNAMICS], run_shoot))
+
+    if VERIFIED in cfg.rl.reference_rows:
+        for level in cfg.imagine.levels:
+            def run_verify(folder: Path, level: str = level) -> list[Path]:
+                from kalm.envs.registry import get_env
+                from kalm.imagination.labelling import STATS_FILE, verify_level
+
+                stats = verify_level(imagined_data(root, level), folder, get_env(cfg.env))
+                return [folder / STATS_FILE,
+                        *(folder / f for f in stats["files"].values() if f)]
+
+            # a diagnostic: uses the simulator, which KALM may not
+            stages.append(Stage(verify_stage(level), {"level": level, "diagnostic": True},
+                                [imagine_stage(level)], run_verify))
 
     data_stages = {None: [label_stage(lv) for lv in cfg.imagine.levels],
                    PAPER: [imagine_stage(lv) for lv in cfg.imagine.levels],
-                   SHOOTING: [shoot_stage(lv) for lv in cfg.imagine.levels]}
+                   SHOOTING: [shoot_stage(lv) for lv in cfg.imagine.levels],
+                   VERIFIED: [verify_stage(lv) for lv in cfg.imagine.levels]}
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
             for variant in variants(cfg):

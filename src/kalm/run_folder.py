@@ -14,9 +14,10 @@ runs/NAME/
   train-ALGO-seedS/{baseline,kalm-LEVEL}-seedS/policy.d3
   evaluate-ALGO-seedS/<policy>/eval-LEVEL.json
   shoot-LEVEL/labelled{,-success}.h5        reference rows: rollouts without the LLM
+  verify-LEVEL/labelled{,-success}.h5       diagnostic row: LLM rollouts checked in the simulator
   evaluate-llm-policy/eval-LEVEL.json       reference row: the grounded LLM acting itself
   train-ALGO-VARIANT-seedS/VARIANT-LEVEL-seedS/   reference rows (rl.reference_rows):
-  evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`
+  evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`, `verified`
   report/
 ```
 """
@@ -46,7 +47,11 @@ REPORT = "report"
 # dynamics ensemble) labelled and used as KALM's are
 PAPER = "paper"
 SHOOTING = "shooting"
-RL_REFERENCES = (PAPER, SHOOTING)
+# a DIAGNOSTIC that uses the simulator, which KALM may not: the LLM's rollouts whose actions
+# really reach the goal when replayed, labelled on the simulator's states (an upper bound on
+# what better labels could give)
+VERIFIED = "verified"
+RL_REFERENCES = (PAPER, SHOOTING, VERIFIED)
 # and the grounded LLM acting in the real env itself (the paper's Fig. 5): an evaluation only
 LLM_POLICY = "llm_policy"
 REFERENCES = (*RL_REFERENCES, LLM_POLICY)
@@ -63,6 +68,10 @@ def label_stage(level: str) -> str:
 
 def shoot_stage(level: str) -> str:
     return f"shoot-{level}"
+
+
+def verify_stage(level: str) -> str:
+    return f"verify-{level}"
 
 
 def _variant(variant: str | None) -> str:
@@ -95,6 +104,19 @@ def shoot_folder(root: Path, level: str) -> Path:
     return root / shoot_stage(level)
 
 
+def verify_folder(root: Path, level: str) -> Path:
+    return root / verify_stage(level)
+
+
+def reference_label_folder(root: Path, level: str, variant: str | None) -> Path:
+    """The label-layout folder a KALM variant reads (the label stage's for the default)."""
+    if variant == SHOOTING:
+        return shoot_folder(root, level)
+    if variant == VERIFIED:
+        return verify_folder(root, level)
+    return label_folder(root, level)
+
+
 def variants(cfg: RunConfig) -> list[str | None]:
     """The RL stage variants of a run: the default, then the RL reference rows asked for."""
     return [None, *(r for r in cfg.rl.reference_rows if r in RL_REFERENCES)]
@@ -113,6 +135,8 @@ def stage_names(cfg: RunConfig) -> list[str]:
               *(label_stage(lv) for lv in cfg.imagine.levels)]
     if SHOOTING in cfg.rl.reference_rows:
         names += [shoot_stage(lv) for lv in cfg.imagine.levels]
+    if VERIFIED in cfg.rl.reference_rows:
+        names += [verify_stage(lv) for lv in cfg.imagine.levels]
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
             for variant in variants(cfg):
@@ -159,7 +183,9 @@ class RLStage:
     # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, every rollout,
     # 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble, labelled and used as
     # KALM's rollouts are), `llm_policy` (the grounded LLM acting in the real env itself,
-    # evaluate.llm_policy_episodes per level)
+    # evaluate.llm_policy_episodes per level), and the diagnostic `verified` (uses the
+    # simulator, which KALM may not: the LLM's rollouts that really reach the goal on replay,
+    # labelled on the simulator's states; how much better labels could give)
     reference_rows: list[str] = field(default_factory=list)
 
     def keep_for(self, algo: str) -> str:
@@ -297,10 +323,9 @@ def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
     rollouts `rl.keep` asks for."""
     if variant == PAPER:
         return {lv: str(imagined_data(root, lv)) for lv in cfg.imagine.levels}
-    folder = shoot_folder if variant == SHOOTING else label_folder
     out = {}
     for lv in cfg.imagine.levels:
-        path = labelled_file(folder(root, lv), cfg.rl.keep_for(algo))
+        path = labelled_file(reference_label_folder(root, lv, variant), cfg.rl.keep_for(algo))
         if path is not None:
             out[lv] = str(path)
     return out

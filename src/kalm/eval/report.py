@@ -33,13 +33,13 @@ from kalm.run_folder import (
     RECORD,
     REPORT,
     SHOOTING,
+    VERIFIED,
     compare_config,
     evaluate_stage,
     imagine_stage,
     imagined_data,
-    label_folder,
     load_run,
-    shoot_folder,
+    reference_label_folder,
     stage_names,
     variants,
 )
@@ -76,7 +76,8 @@ def stage_table(root: Path, order: list[str]) -> str:
 
 
 METHOD_NAMES = {"baseline": "real only", "kalm": "KALM", PAPER: "KALM, paper mode",
-                SHOOTING: "no LLM (shooting)"}
+                SHOOTING: "no LLM (shooting)",
+                VERIFIED: "simulator-verified LLM rollouts (diagnostic)"}
 
 
 def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
@@ -136,15 +137,15 @@ def llm_policy_table(root: Path, levels: list[str]) -> str | None:
 
 def _label_stats(root: Path, level: str, variant: str | None = None
                  ) -> dict[str, Any] | None:
-    """The label stage's stats of LEVEL (the shoot stage's for the shooting rows)."""
+    """The label stage's stats of LEVEL (the shoot or verify stage's for those rows)."""
     from kalm.imagination.labelling import STATS_FILE
 
-    folder = shoot_folder(root, level) if variant == SHOOTING else label_folder(root, level)
-    path = folder / STATS_FILE
+    path = reference_label_folder(root, level, variant) / STATS_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def labelling_table(root: Path, levels: list[str], shooting: bool = False) -> str:
+def labelling_table(root: Path, levels: list[str], shooting: bool = False,
+                    verified: bool = False) -> str:
     """Per level: what was generated, what the labeller kept and judged successful, and (a
     diagnostic that uses the simulator) how many really reach the goal, and the labels'
     precision."""
@@ -153,7 +154,8 @@ def labelling_table(root: Path, levels: list[str], shooting: bool = False) -> st
              "successful (diagnostic) | labeller precision / recall / AUROC (diagnostic) | "
              "LLM self-judged precision (diagnostic) |", "|---|---|---|---|---|---|---|---|---|"]
     rows = [(lv, None) for lv in levels] + ([(lv, SHOOTING) for lv in levels] if shooting
-                                            else [])
+                                            else []) + \
+        ([(lv, VERIFIED) for lv in levels] if verified else [])
     for lv, variant in rows:
         st = _label_stats(root, lv, variant)
         if st is None:
@@ -372,7 +374,8 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
            "LLM's own predicted states). The replay columns use the simulator (a diagnostic "
            "of the labels' precision, never used to label or filter).", "",
            labelling_table(root, list(cfg.imagine.levels),
-                           shooting=SHOOTING in cfg.rl.reference_rows), ""]
+                           shooting=SHOOTING in cfg.rl.reference_rows,
+                           verified=VERIFIED in cfg.rl.reference_rows), ""]
     if definition is not None and definition.draw_state is not None:
         md += ["### Imagined (left) vs the same actions in the real simulator (right; "
                "diagnostic)", ""]

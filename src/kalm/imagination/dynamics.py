@@ -373,6 +373,29 @@ class DynamicsEnsemble:
             unc[:, step] = self._spread(z)
         return (states[0], unc[0]) if single else (states, unc)
 
+    def member_rollouts(self, s0: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Open loop through each member on its own: s0 (B, obs) with actions (B, T[, act])
+        give states (K, B, T+1, obs). The mean rollout can reach a goal that no single member's
+        dynamics reaches (averaging K wrong futures); counting the members whose own future
+        reaches it is a stricter, still simulator-free verdict (`relabel`'s votes)."""
+        s0 = np.asarray(s0, dtype=np.float32)
+        acts = np.asarray(actions)
+        if s0.ndim != 2 or len(s0) != len(acts):
+            raise ValueError(f"member_rollouts takes s0 (B, obs) and actions (B, T...), got "
+                             f"{s0.shape} and {acts.shape}")
+        k, (b, t) = self.config.members, acts.shape[:2]
+        states = np.zeros((k, b, t + 1, self.spec.obs_dim), dtype=np.float32)
+        states[:, :, 0] = s0[None]
+        n = self.normaliser
+        for step in range(t):
+            x = self._inputs(states[:, :, step].reshape(k * b, -1),
+                             np.concatenate([acts[:, step]] * k)).reshape(k, b, -1)
+            with torch.no_grad(), torch_threads(self.threads):
+                z = self.net(x).numpy()
+            states[:, :, step + 1] = self._clamp(states[:, :, step] + z * n.delta_std
+                                                 + n.delta_mean)
+        return states
+
     # ------------------------------------------------------------------ files
     def describe(self) -> dict[str, Any]:
         return {"format": FORMAT,

@@ -27,9 +27,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
 from kalm.envs.base import EnvDefinition, EnvSpecInfo
-from kalm.imagination.relabel import Dynamics, RelabelConfig, judge_quality, relabel
+from kalm.envs.registry import make_env
+from kalm.imagination.quality import replay_actions
+from kalm.imagination.relabel import (
+    Dynamics,
+    RelabelConfig,
+    first_success,
+    judge_quality,
+    relabel,
+)
 from kalm.io import write_json
 
 LABELLERS = ("ensemble", "llm")
@@ -50,14 +60,20 @@ class LabelConfig:
     # truncate a rollout before the first step whose disagreement exceeds this quantile of the
     # disagreement on held-out real transitions (ensemble only); None: never truncate
     max_uncertainty_quantile: float | None = None
+    # a success must also be reached by at least this many members rolling the actions out on
+    # their own, not only by the members' mean (ensemble only); None: the mean decides
+    min_votes: int | None = None
 
     def __post_init__(self) -> None:
         if self.labeller not in LABELLERS:
             raise ValueError(f"labeller must be one of {', '.join(LABELLERS)}, "
                              f"got {self.labeller!r}")
-        if self.labeller == "llm" and (self.penalty or self.max_uncertainty_quantile is not None):
-            raise ValueError("penalty and max_uncertainty_quantile need the dynamics ensemble "
-                             "(labeller: ensemble)")
+        if self.labeller == "llm" and (self.penalty or self.max_uncertainty_quantile is not None
+                                       or self.min_votes is not None):
+            raise ValueError("penalty, max_uncertainty_quantile and min_votes need the dynamics "
+                             "ensemble (labeller: ensemble)")
+        if self.min_votes is not None and self.min_votes < 1:
+            raise ValueError(f"min_votes must be >= 1, got {self.min_votes}")
         if self.penalty < 0:
             raise ValueError(f"penalty must be >= 0, got {self.penalty}")
         q = self.max_uncertainty_quantile
@@ -118,8 +134,13 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
         limit = None
         if cfg.max_uncertainty_quantile is not None:
             limit = dynamics.uncertainty_quantile(cfg.max_uncertainty_quantile)  # type: ignore[attr-defined]
+        members = getattr(dynamics, "config", None)
+        if cfg.min_votes is not None and members is not None and \
+                cfg.min_votes > members.members:
+            raise ValueError(f"min_votes={cfg.min_votes} but the ensemble has "
+                             f"{members.members} members")
         labelled, relabel_stats = relabel(data, dynamics, definition,
-                                          RelabelConfig(cfg.penalty, limit))
+                                          RelabelConfig(cfg.penalty, limit, cfg.min_votes))
         attrs = {**data.attrs, "labeller": "ensemble", "relabel_penalty": cfg.penalty,
                  **({"relabel_max_uncertainty": limit} if limit is not None else {})}
         extra: dict[str, Any] = {"relabel": relabel_stats.to_json()}
@@ -129,6 +150,45 @@ def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
     labelled = select_proposals(labelled, verdict)
     return write_label_folder(out_dir, data.spec, generated, labelled, verdict, attrs, {
         "labeller": cfg.labeller, "config": asdict(cfg), "source": imagined.name, **extra})
+
+
+def verify_level(imagined: str | Path, out_dir: str | Path, definition: EnvDefinition
+                 ) -> dict[str, Any]:
+    """A DIAGNOSTIC that uses the simulator, which KALM may not: replay every imagined action
+    sequence in the real env from its s_0 and label it on the simulator's states (cut at the
+    first success, the env's own rewards and terminals), in the label-folder layout. Its
+    judged successes are the LLM's rollouts that really reach the goal: what perfect labels
+    would hand the learner, to tell how much is lost to wrong ones."""
+    imagined, out_dir = Path(imagined), Path(out_dir)
+    data = read_episodes(imagined)
+    if data.source != "imagined":
+        raise ValueError(f"{imagined}: verifying is for imagined episodes, this file holds "
+                         f"{data.source!r} ones")
+    generated = data.episodes()
+    env = make_env(definition)
+    labelled = []
+    try:
+        for e in generated:
+            actions = np.asarray(e.actions)
+            replayed = replay_actions(definition, env, e.goal, e.observations[0], actions)
+            if replayed is None:
+                raise ValueError(f"env {definition.name!r} can neither set a state nor replay "
+                                 "actions: no simulator verification possible")
+            states = np.asarray(replayed[0], np.float32)
+            t = first_success(definition, e.goal, states, actions)
+            n = len(actions) if t is None else t + 1
+            rewards, terminals = definition.labels(e.goal, states[: n + 1], actions[:n])
+            labelled.append(Episode(states[: n + 1].copy(), actions[:n].copy(), rewards,
+                                    terminals, e.instruction, dict(e.goal),
+                                    extras={**e.extras, "simulator_success": t is not None},
+                                    successes=np.asarray(terminals, bool).copy()))
+    finally:
+        env.close()
+    labelled = select_proposals(labelled, "simulator_success")
+    return write_label_folder(out_dir, data.spec, generated, labelled, "simulator_success",
+                              {**data.attrs, "labeller": "simulator (diagnostic)"},
+                              {"labeller": "simulator (diagnostic)", "uses_simulator": True,
+                               "source": imagined.name})
 
 
 def write_label_folder(out_dir: str | Path, spec: EnvSpecInfo, generated: list[Episode],
@@ -195,4 +255,5 @@ __all__ = [
     "LabelConfig",
     "label_level",
     "labelled_file",
+    "verify_level",
 ]

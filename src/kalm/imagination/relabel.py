@@ -8,9 +8,12 @@ real transitions, and success, rewards and terminals come from the env's own fun
 success at the first step where the goal holds (the episode ends there, terminal), else a
 timeout at the end of the actions. The simulator is never asked.
 
-Options (both off by default): a MOPO-style penalty `r_t - lam * u_t` with u_t the ensemble's
-disagreement on step t, and truncation before the first step whose u_t exceeds a threshold (the
-ensemble does not know what happens there, so the episode ends as a timeout, never a terminal).
+Options (all off by default): a MOPO-style penalty `r_t - lam * u_t` with u_t the ensemble's
+disagreement on step t; truncation before the first step whose u_t exceeds a threshold (the
+ensemble does not know what happens there, so the episode ends as a timeout, never a terminal);
+and `min_votes`: the verdict on the members' mean rollout must also be reached by at least that
+many members rolling the actions out on their own (a mean of K wrong futures can meet a goal
+none of them meets; `ensemble_votes` is stored either way).
 
 `judge_quality` measures any "judged successful" signal (the LLM's `self_success`, the
 ensemble's verdict, a score) against the simulator diagnostic `replay_success` that `kalm
@@ -31,7 +34,7 @@ from kalm.envs.base import EnvDefinition, action_item
 from kalm.envs.registry import get_env
 
 EXTRA_KEYS = ("ensemble_success", "ensemble_uncertainty_mean", "ensemble_uncertainty_max",
-              "ensemble_truncated", "ensemble_steps")
+              "ensemble_truncated", "ensemble_steps", "ensemble_votes")
 
 
 class Dynamics(Protocol):
@@ -47,12 +50,23 @@ class Dynamics(Protocol):
 class RelabelConfig:
     penalty: float = 0.0  # lam of r_t - lam * u_t; 0 = off
     max_uncertainty: float | None = None  # truncate before the first step above it; None = off
+    min_votes: int | None = None  # members whose own rollout must reach the goal too; None = off
 
     def __post_init__(self) -> None:
         if self.penalty < 0:
             raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+        if self.min_votes is not None and self.min_votes < 1:
+            raise ValueError(f"min_votes must be >= 1, got {self.min_votes}")
         if self.max_uncertainty is not None and self.max_uncertainty < 0:
             raise ValueError(f"max_uncertainty must be >= 0, got {self.max_uncertainty}")
+
+
+def member_rollouts(dynamics: Dynamics, s0: np.ndarray, actions: np.ndarray
+                    ) -> np.ndarray | None:
+    """Each member's own rollouts (K, B, T+1, obs) when the model has members (a
+    DynamicsEnsemble does; a single model or a stub does not: None, and no votes)."""
+    fn = getattr(dynamics, "member_rollouts", None)
+    return None if fn is None else fn(s0, actions)
 
 
 def _check_dynamics(dynamics: Dynamics, definition: EnvDefinition) -> None:
@@ -66,25 +80,51 @@ def _check_dynamics(dynamics: Dynamics, definition: EnvDefinition) -> None:
                              f"env {definition.name!r} has {k}={getattr(mine, k)!r}")
 
 
+def first_success(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
+                  actions: np.ndarray) -> int | None:
+    """The first step t whose transition (states[t] -> states[t+1]) meets the goal, or None."""
+    for t in range(len(actions)):
+        if definition.success(goal, states[t + 1], states[t], action_item(actions[t])):
+            return t
+    return None
+
+
+def count_votes(definition: EnvDefinition, goal: dict[str, Any], member_states: np.ndarray,
+                actions: np.ndarray) -> int:
+    """How many members' own rollouts (K, T+1, obs) meet the goal within ACTIONS."""
+    return sum(first_success(definition, goal, m, actions) is not None for m in member_states)
+
+
 def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndarray,
-                      definition: EnvDefinition, cfg: RelabelConfig = RelabelConfig()
-                      ) -> Episode:
+                      definition: EnvDefinition, cfg: RelabelConfig = RelabelConfig(),
+                      member_states: np.ndarray | None = None) -> Episode:
     """The episode's actions on re-simulated `states` (T+1, obs) with per-step `uncertainty`
     (T,): cut at the first success (terminal) or the first untrusted step (timeout), labelled
-    with the env's own functions. May return a 0-step episode (the first step is untrusted)."""
+    with the env's own functions. `member_states` (K, T+1, obs), each member's own rollout,
+    give the votes (over the steps the verdict rests on); without them there are no votes and
+    `cfg.min_votes` cannot be met. May return a 0-step episode (the first step is untrusted)."""
     actions = np.asarray(episode.actions)
     n = len(actions)
     states = np.asarray(states, dtype=np.float32)[: n + 1]
     u = np.asarray(uncertainty, dtype=np.float32)[:n]
     goal = episode.goal
-    success_at = next((t for t in range(n) if definition.success(
-        goal, states[t + 1], states[t], action_item(actions[t]))), None)
+    success_at = first_success(definition, goal, states, actions)
     judged = n if success_at is None else success_at + 1  # steps the verdict rests on
+    votes = (None if member_states is None
+             else count_votes(definition, goal, np.asarray(member_states)[:, : judged + 1],
+                              actions[:judged]))
+    if cfg.min_votes is not None and member_states is None:
+        raise ValueError("min_votes needs each member's own rollout (a DynamicsEnsemble)")
     over = (np.flatnonzero(u[:judged] > cfg.max_uncertainty)
             if cfg.max_uncertainty is not None else np.zeros(0, dtype=np.int64))
     truncated = len(over) > 0
     length = int(over[0]) if truncated else judged
-    success = success_at is not None and not truncated
+    # too few members reach the goal: the success step is not trusted, like an uncertain one
+    outvoted = (success_at is not None and not truncated and cfg.min_votes is not None
+                and (votes or 0) < cfg.min_votes)
+    if outvoted:
+        length = success_at
+    success = success_at is not None and not truncated and not outvoted
     if length:
         rewards, terminals = definition.labels(goal, states[: length + 1], actions[:length])
     else:
@@ -96,8 +136,9 @@ def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndar
               "ensemble_success": bool(success),
               "ensemble_uncertainty_mean": float(considered.mean()) if judged else 0.0,
               "ensemble_uncertainty_max": float(considered.max()) if judged else 0.0,
-              "ensemble_truncated": bool(truncated),
-              "ensemble_steps": int(length)}
+              "ensemble_truncated": bool(truncated or outvoted),
+              "ensemble_steps": int(length),
+              **({} if votes is None else {"ensemble_votes": int(votes)})}
     return Episode(states[: length + 1].copy(), actions[:length].copy(),
                    np.asarray(rewards, np.float32), np.asarray(terminals, bool),
                    episode.instruction, dict(goal), extras=extras,
@@ -145,9 +186,12 @@ def relabel(data: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
     for lo in range(0, len(data), batch_size):
         idx = np.arange(lo, min(lo + batch_size, len(data)))
         t_max = int(data.lengths[idx].max())
-        states, u = dynamics.rollout(data.observations[idx, 0], data.actions[idx, :t_max])
+        s0, acts = data.observations[idx, 0], data.actions[idx, :t_max]
+        states, u = dynamics.rollout(s0, acts)
+        members = member_rollouts(dynamics, s0, acts)
         for row, i in enumerate(idx):
-            ep = label_resimulated(data.episode(int(i)), states[row], u[row], definition, cfg)
+            ep = label_resimulated(data.episode(int(i)), states[row], u[row], definition, cfg,
+                                   None if members is None else members[:, row])
             if ep.length == 0:
                 dropped += 1
                 continue

@@ -26,11 +26,18 @@ import numpy as np
 from tqdm import tqdm
 
 from kalm.data.episodes import Episode, EpisodeData, read_episodes
-from kalm.envs.base import EnvDefinition, action_item
+from kalm.envs.base import EnvDefinition
 from kalm.envs.registry import make_env
 from kalm.imagination.labelling import ALL_FILE, SUCCESS_FILE, write_label_folder
 from kalm.imagination.quality import replay_actions
-from kalm.imagination.relabel import Dynamics, RelabelConfig, label_resimulated
+from kalm.imagination.relabel import (
+    Dynamics,
+    RelabelConfig,
+    count_votes,
+    first_success,
+    label_resimulated,
+    member_rollouts,
+)
 
 
 @dataclass
@@ -55,24 +62,23 @@ def random_sequences(space: gym.Space, n: int, horizon: int, rng: np.random.Gene
     raise TypeError(f"no random shooting for {type(space).__name__} action spaces")
 
 
-def first_success(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
-                  actions: np.ndarray) -> int | None:
-    """The first step t whose transition (states[t] -> states[t+1]) meets the goal, or None."""
-    for t in range(len(actions)):
-        if definition.success(goal, states[t + 1], states[t], action_item(actions[t])):
-            return t
-    return None
-
-
 def choose(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
-           uncertainty: np.ndarray, actions: np.ndarray) -> tuple[int, int | None]:
+           uncertainty: np.ndarray, actions: np.ndarray, member_states: np.ndarray | None = None,
+           min_votes: int | None = None) -> tuple[int, int | None]:
     """(candidate index, its success step or None): the soonest success, ties broken by the
-    lower mean disagreement up to it; candidate 0 when none succeeds."""
+    lower mean disagreement up to it; candidate 0 when none succeeds. With MIN_VOTES, a success
+    counts only when that many members' own rollouts (MEMBER_STATES (K, n, T+1, obs)) reach the
+    goal within its steps, the label stage's rule."""
+    if min_votes is not None and member_states is None:
+        raise ValueError("min_votes needs each member's own rollout (a DynamicsEnsemble)")
     best: tuple[int, float, int] | None = None  # (step, uncertainty, index)
     for i in range(len(actions)):
         limit = len(actions[i]) if best is None else best[0] + 1
         t = first_success(definition, goal, states[i][: limit + 1], actions[i][:limit])
         if t is None:
+            continue
+        if min_votes is not None and count_votes(
+                definition, goal, member_states[:, i, : t + 2], actions[i][: t + 1]) < min_votes:
             continue
         key = (t, float(uncertainty[i, : t + 1].mean()), i)
         if best is None or key < best:
@@ -82,9 +88,11 @@ def choose(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
 
 def shoot(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
           cfg: ShootingConfig | None = None, progress: bool = True,
-          replay: bool = True) -> list[Episode]:
-    """One shot rollout per episode of TASKS (its goal, instruction and initial state)."""
+          replay: bool = True, judge: RelabelConfig | None = None) -> list[Episode]:
+    """One shot rollout per episode of TASKS (its goal, instruction and initial state), chosen
+    and labelled with JUDGE (the label stage's ensemble settings)."""
     cfg = cfg or ShootingConfig()
+    judge = judge or RelabelConfig()
     rng = np.random.default_rng(cfg.seed)
     env = make_env(definition)
     out = []
@@ -93,13 +101,21 @@ def shoot(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
             template = tasks.episode(i)
             goal, s0 = dict(template.goal), np.asarray(template.observations[0], np.float32)
             acts = random_sequences(env.action_space, cfg.candidates, cfg.horizon, rng)
-            states, u = dynamics.rollout(np.repeat(s0[None], cfg.candidates, axis=0), acts)
-            k, _ = choose(definition, goal, states, u, acts)
+            starts = np.repeat(s0[None], cfg.candidates, axis=0)
+            states, u = dynamics.rollout(starts, acts)
+            members = (member_rollouts(dynamics, starts, acts)
+                       if judge.min_votes is not None else None)
+            k, _ = choose(definition, goal, states, u, acts, members, judge.min_votes)
+            if members is None:
+                members = member_rollouts(dynamics, starts[:1], acts[k : k + 1])
+            else:
+                members = members[:, k : k + 1]
             proposal = Episode(states[k], acts[k], np.zeros(cfg.horizon, np.float32),
                                np.zeros(cfg.horizon, bool), template.instruction, goal,
                                extras={"level": str(template.extras.get("level", "")),
                                        "proposer": "random shooting"})
-            ep = label_resimulated(proposal, states[k], u[k], definition, RelabelConfig())
+            ep = label_resimulated(proposal, states[k], u[k], definition, judge,
+                                   None if members is None else members[:, 0])
             if replay:
                 replayed = replay_actions(definition, env, goal, s0, ep.actions)
                 ep.extras["replayed"] = replayed is not None
@@ -112,7 +128,7 @@ def shoot(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
 
 def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
                 definition: EnvDefinition, cfg: ShootingConfig | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, judge: RelabelConfig | None = None) -> dict[str, Any]:
     """Shoot one rollout for each of IMAGINED's rollouts into OUT_DIR, in the label stage's
     layout (`labelled.h5`, `labelled-success.h5`, `label_stats.json`), so a learner reads
     either the same way."""
@@ -120,13 +136,15 @@ def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
     imagined, out_dir = Path(imagined), Path(out_dir)
     tasks = read_episodes(imagined)
     t0 = time.perf_counter()
-    episodes = shoot(tasks, dynamics, definition, cfg, progress)
+    judge = judge or RelabelConfig()
+    episodes = shoot(tasks, dynamics, definition, cfg, progress, judge=judge)
     seconds = time.perf_counter() - t0
     attrs = {"proposer": "random shooting", **{f"shooting_{k}": v
                                                for k, v in asdict(cfg).items()}}
     return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
                               {"labeller": "ensemble", "proposer": "random shooting (no LLM)",
-                               "config": asdict(cfg), "source": imagined.name,
+                               "config": asdict(cfg), "judge": asdict(judge),
+                               "source": imagined.name,
                                "seconds": seconds})
 
 
