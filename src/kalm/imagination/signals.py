@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from kalm.data.episodes import Episode
 from kalm.envs.base import EnvDefinition
@@ -52,7 +53,8 @@ def action_logprob(model: RolloutModel, builder: PromptBuilder,
     if spec.action_type != "discrete":
         return out
     device = model_device(model)
-    for lo in range(0, len(episodes), BATCH):
+    for lo in tqdm(range(0, len(episodes), BATCH), desc="action log-probability",
+                   unit="batch", leave=False):
         chunk = episodes[lo : lo + BATCH]
         seqs = [builder.rollout(e.instruction, e.observations, e.actions) for e in chunk]
         b = to_device(collate(seqs, builder.pad_id, spec.obs_dim, spec.action_type,
@@ -80,7 +82,8 @@ def dynamics_error(model: RolloutModel, builder: PromptBuilder,
     seqs = [builder.dynamics(e.observations[t], e.actions[t], e.observations[t + 1])
             for e in episodes for t in range(e.length)]
     errors = np.zeros(len(seqs))
-    for lo in range(0, len(seqs), 4 * BATCH):
+    for lo in tqdm(range(0, len(seqs), 4 * BATCH), desc="LLM dynamics", unit="batch",
+                   leave=False):
         chunk = seqs[lo : lo + 4 * BATCH]
         b = to_device(collate(chunk, builder.pad_id, spec.obs_dim, spec.action_type,
                               spec.action_dim), device)
@@ -107,7 +110,8 @@ def explanation_consistent(model: RolloutModel, builder: PromptBuilder,
     if judge is None:
         return None
     out = np.zeros(len(episodes), dtype=bool)
-    for lo in range(0, len(episodes), BATCH):
+    for lo in tqdm(range(0, len(episodes), BATCH), desc="explanations", unit="batch",
+                   leave=False):
         chunk = episodes[lo : lo + BATCH]
         prompts = [builder.explanation_prompt(e.observations, e.actions) for e in chunk]
         for i, text in enumerate(greedy_text(model, builder, prompts)):
