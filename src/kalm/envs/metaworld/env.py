@@ -120,33 +120,37 @@ class MetaWorldKALMEnv(gym.Env):
         task = self.current_task
         self.layout_seed = (int(seed) if seed is not None
                             else int(self.np_random.integers(MAX_SEED)))
-        from kalm.envs.metaworld.sim import fresh_native_obs, state_of
-
         sub = self.sub_env(task)
         self._limit = self._max_steps_override or max_steps(self.goal)
         sub.max_path_length = self._limit
         sub.seed(self.layout_seed)
         sub.reset()
         self._sub_env = sub
+        self.restart_from_simulator()
         init = options.get("init")
         if init is not None:
             from kalm.envs.metaworld.replay import set_state
 
             set_state(self, np.asarray(init, dtype=np.float64))
-        self._native = fresh_native_obs(sub)
-        self._state = state_of(task, sub, self._native)
         instruction = options.get("instruction")
         if instruction is None:
             from kalm.envs.metaworld.language import describe
 
             instruction = describe(task, self.np_random)
         self.instruction = str(instruction)
-        self._tracker = RewardTracker(self.goal, self._state.astype(np.float64))
-        self._steps = 0
         return self._state.copy(), {
             "is_success": is_success(self.goal, self._state), "goal": self.goal,
             "instruction": self.instruction, "task": task, "layout_seed": self.layout_seed,
             "episode_extras": {"task": task, "layout_seed": self.layout_seed}}
+
+    def restart_from_simulator(self) -> None:
+        """Start the episode at the sub-env's current state (after a reset or a set_state)."""
+        from kalm.envs.metaworld.sim import fresh_native_obs, state_of
+
+        self._native = fresh_native_obs(self._sub_env)
+        self._state = state_of(self.current_task, self._sub_env, self._native)
+        self._tracker = RewardTracker(self.goal, self._state.astype(np.float64))
+        self._steps = 0
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._tracker is None:
