@@ -17,6 +17,7 @@ from typing import Any
 
 import mujoco
 import numpy as np
+from gymnasium.spaces import Box
 from metaworld.envs.sawyer_coffee_push_v3 import SawyerCoffeePushEnvV3
 from metaworld.envs.sawyer_door_unlock_v3 import SawyerDoorUnlockEnvV3
 from scipy.spatial.transform import Rotation
@@ -67,6 +68,14 @@ class MakeCoffeeEnv(_Staged, SawyerCoffeePushEnvV3):
 
 class LockedDoorOpenEnv(_Staged, SawyerDoorUnlockEnvV3):
     """Unlock the door, then pull it open."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # observations clip the goal to `goal_space`: door-unlock's covers the unlock target,
+        # ours is the open target
+        space = self._random_reset_space
+        self.goal_space = Box(space.low + DOOR_OPEN_OFFSET, space.high + DOOR_OPEN_OFFSET,
+                              dtype=np.float64)
 
     def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         spec = mujoco.MjSpec.from_file(self.fullpath)

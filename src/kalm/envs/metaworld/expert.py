@@ -69,6 +69,7 @@ class ScriptedAgent:
                       else float(self.noise))
         self.stage = 0
         self.lifted = False
+        self._lift_to: np.ndarray | None = None
         self.episode_extras = {"noise": self.sigma}
 
     def _scripted(self, native: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -81,10 +82,11 @@ class ScriptedAgent:
         second = native.copy()
         second[4:11] = native[11:18]  # the second policy reads its object from slot 1
         if self.task == "locked-door-open" and not self.lifted:
-            handle = state[ENTITY_POS["handle"]]
-            target = np.array([native[0], native[1] - 0.05, handle[2] + LIFT])
-            if np.linalg.norm(native[:3] - target) > LIFT_TOLERANCE:
-                return np.append(np.clip(25.0 * (target - native[:3]), -1, 1), 1.0)
+            if self._lift_to is None:  # back off and up from where the unlock ended
+                handle = state[ENTITY_POS["handle"]]
+                self._lift_to = np.array([native[0], native[1] - 0.05, handle[2] + LIFT])
+            if np.linalg.norm(native[:3] - self._lift_to) > LIFT_TOLERANCE:
+                return np.append(np.clip(25.0 * (self._lift_to - native[:3]), -1, 1), 1.0)
             self.lifted = True
         return self._policies[1].get_action(second)
 
