@@ -18,7 +18,7 @@ entities are exact zeros), so no goal is needed.
   coffee-button, wall, nail) rotating, the gripper opening outside [0, 1], an articulated part
   leaving its joint's axis (button and nail move only in y, the window only in x), the wall
   moving;
-- exceeding_dynamics: the tcp moving more than 4 cm in one step (real: at most 3.5 cm), an
+- exceeding_dynamics: the tcp moving more than 6 cm in one step (real: at most 4.7 cm), an
   object more than 3 cm (real: 1.7 cm), the door handle more than 20 cm (real: 16.5 cm when the
   door swings shut), or the target moving at all (it is fixed within an episode).
 """
@@ -56,7 +56,7 @@ FIXED_ORIENTATION = ("button", "faucet", "coffee_button", "wall", "nail")
 ROTATION_TOL = 0.05
 OFF_AXIS = {"button": (0, 2), "nail": (0, 2), "window": (1, 2)}  # axes that must not move
 OFF_AXIS_TOL = 0.01
-MAX_TCP_STEP = 0.04
+MAX_TCP_STEP = 0.06
 MAX_OBJECT_STEP = 0.03
 MAX_HANDLE_STEP = 0.2
 TARGET_TOL = 1e-4
