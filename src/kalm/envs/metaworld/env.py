@@ -23,6 +23,7 @@ from kalm.envs.metaworld.rewards import RewardTracker
 from kalm.envs.metaworld.tasks import LEVEL_TASKS, TASKS
 
 MAX_SEED = 2**31 - 1
+_STATE_OF: Any = None  # sim.state_of, bound on the first reset (sim imports metaworld)
 
 
 def goal_for(task: str) -> dict[str, Any]:
@@ -75,6 +76,7 @@ class MetaWorldKALMEnv(gym.Env):
         self._tracker: RewardTracker | None = None
         self._steps = 0
         self._limit = 0
+        self._task = ""
 
     # ----------------------------------------------------------------------- the sub-envs
     def sub_env(self, task: str) -> Any:
@@ -120,6 +122,9 @@ class MetaWorldKALMEnv(gym.Env):
         task = self.current_task
         self.layout_seed = (int(seed) if seed is not None
                             else int(self.np_random.integers(MAX_SEED)))
+        global _STATE_OF
+        from kalm.envs.metaworld.sim import state_of as _STATE_OF  # metaworld is loaded now
+
         sub = self.sub_env(task)
         self._limit = self._max_steps_override or max_steps(self.goal)
         sub.max_path_length = self._limit
@@ -147,8 +152,9 @@ class MetaWorldKALMEnv(gym.Env):
         """Start the episode at the sub-env's current state (after a reset or a set_state)."""
         from kalm.envs.metaworld.sim import fresh_native_obs, state_of
 
+        self._task = self.current_task
         self._native = fresh_native_obs(self._sub_env)
-        self._state = state_of(self.current_task, self._sub_env, self._native)
+        self._state = state_of(self._task, self._sub_env, self._native)
         self._tracker = RewardTracker(self.goal, self._state.astype(np.float64))
         self._steps = 0
 
@@ -158,15 +164,13 @@ class MetaWorldKALMEnv(gym.Env):
         a = np.asarray(action, dtype=np.float32)
         if a.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape ({ACTION_DIM},), got {a.shape}")
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             raise ValueError(f"action contains NaN or inf: {a.tolist()}")
-        a = np.clip(a, -1.0, 1.0)
+        a = np.minimum(np.maximum(a, -1.0), 1.0)  # np.clip costs more on 4 values
         obs, _, _, _, sim_info = self._sub_env.step(a)
-        from kalm.envs.metaworld.sim import state_of
-
-        self._native = np.asarray(obs, dtype=np.float64)
-        self._state = state_of(self.current_task, self._sub_env, self._native)
-        reward, success = self._tracker.step(self._state.astype(np.float64))
+        self._native = obs
+        self._state = _STATE_OF(self._task, self._sub_env, obs)
+        reward, success = self._tracker.step(self._state.astype(np.float64), checked=True)
         self._steps += 1
         truncated = not success and self._steps >= self._limit
         return self._state.copy(), reward, success, truncated, {

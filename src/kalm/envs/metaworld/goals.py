@@ -12,6 +12,7 @@ same functions as real ones. The thresholds are metaworld v3's own (checked agai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,23 +52,37 @@ class Check:
     threshold: float = 0.05
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the entity position
 
-    def error(self, s: np.ndarray) -> float:
-        pos = s[HAND] if self.entity is None else s[ENTITY_POS[self.entity]]
-        d = (pos + np.asarray(self.offset) - s[TARGET])[_AXES[self.axes]]
-        return float(np.linalg.norm(d))
+    def __post_init__(self) -> None:
+        # precomputed once: the env judges every step, and this is most of its own cost
+        start = HAND.start if self.entity is None else ENTITY_POS[self.entity].start
+        object.__setattr__(self, "_start", start)
+        object.__setattr__(self, "_axis", None if self.axes == "xyz" else _AXES[self.axes][0])
 
-    def holds(self, s: np.ndarray) -> bool:
+    def error(self, s: Sequence[float] | np.ndarray) -> float:
+        """Scalar arithmetic on indexed values: the env calls this on a list every step, where
+        it is several times faster than numpy on 3-vectors."""
+        a, o = self._start, self.offset
+        if self._axis is not None:  # one coordinate
+            k = self._axis
+            return abs(s[a + k] + o[k] - s[4 + k])
+        dx, dy, dz = s[a] + o[0] - s[4], s[a + 1] + o[1] - s[5], s[a + 2] + o[2] - s[6]
+        return math.sqrt(dx * dx + dy * dy + dz * dz)
+
+    def holds(self, s: Sequence[float] | np.ndarray) -> bool:
         return self.error(s) <= self.threshold
 
 
 class NailCheck(Check):
     """hammer: the nail is driven 0.09 m in (a strict inequality in metaworld)."""
 
-    def error(self, s: np.ndarray) -> float:
-        return max(0.0, HAMMER_NAIL_Y - float(s[ENTITY_POS["nail"]][1]))
+    def __post_init__(self) -> None:
+        pass
 
-    def holds(self, s: np.ndarray) -> bool:
-        return float(s[ENTITY_POS["nail"]][1]) > HAMMER_NAIL_Y
+    def error(self, s: Sequence[float] | np.ndarray) -> float:
+        return max(0.0, HAMMER_NAIL_Y - float(s[ENTITY_POS["nail"].start + 1]))
+
+    def holds(self, s: Sequence[float] | np.ndarray) -> bool:
+        return float(s[ENTITY_POS["nail"].start + 1]) > HAMMER_NAIL_Y
 
 
 CHECKS: dict[str, Check] = {
@@ -240,10 +255,11 @@ class StageTracker:
     def __init__(self, goal: Mapping[str, Any], s0: np.ndarray) -> None:
         self.task = goal_task(goal)
         self.composite = self.task not in CHECKS
+        self.check = None if self.composite else CHECKS[self.task]
         self.stage1 = self.composite and stage_holds(self.task, 0, as_state(s0, "s0"))
 
     def update(self, s: np.ndarray) -> bool:
-        if not self.composite:
-            return CHECKS[self.task].holds(s)
+        if self.check is not None:
+            return self.check.holds(s)
         self.stage1 = self.stage1 or stage_holds(self.task, 0, s)
         return self.stage1 and stage_holds(self.task, 1, s)

@@ -15,6 +15,7 @@ stored episode, so both are one function of the states.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,6 @@ import numpy as np
 
 from kalm.envs.metaworld.constants import (
     ENTITY_POS,
-    HAND,
     POTENTIAL_SCALE,
     SUCCESS_REWARD,
     TARGET,
@@ -58,27 +58,26 @@ def _stage_terms(task: str, stage: int):
     return CHECKS["door-open"].error, "handle"
 
 
-def _tcp(s: np.ndarray) -> np.ndarray:
-    return s[HAND]
-
-
 class _Potential:
     """phi of one (sub)task, normalised by its distances in s0."""
 
     def __init__(self, distance, key: str | None, s0: np.ndarray) -> None:
         self.distance, self.key = distance, key
+        self._key_start = ENTITY_POS[key].start if key is not None else 0
         self.d0 = max(distance(s0), EPS)
         self.r0 = max(self._reach_distance(s0), EPS) if key is not None else None
 
-    def _reach_distance(self, s: np.ndarray) -> float:
-        return float(np.linalg.norm(_tcp(s) - s[ENTITY_POS[self.key]]))
+    def _reach_distance(self, s) -> float:
+        k = self._key_start  # the tcp, s[0:3], to the key entity (scalar arithmetic: see
+        dx, dy, dz = s[0] - s[k], s[1] - s[k + 1], s[2] - s[k + 2]  # goals.Check.error)
+        return math.sqrt(dx * dx + dy * dy + dz * dz)
 
     def __call__(self, s: np.ndarray) -> float:
-        place = float(np.clip(1.0 - self.distance(s) / self.d0, 0.0, 1.0))
+        place = min(1.0, max(0.0, 1.0 - self.distance(s) / self.d0))
         if self.key is None:
             reach = place
         else:
-            reach = float(np.clip(1.0 - self._reach_distance(s) / self.r0, 0.0, 1.0))
+            reach = min(1.0, max(0.0, 1.0 - self._reach_distance(s) / self.r0))
         return POTENTIAL_SCALE * (REACH_WEIGHT * reach + (1.0 - REACH_WEIGHT) * place)
 
 
@@ -102,9 +101,13 @@ class RewardTracker:
             return 0.5 * self.parts[0](s)
         return 0.5 * POTENTIAL_SCALE + 0.5 * self.parts[1](s)
 
-    def step(self, s: np.ndarray) -> tuple[float, bool]:
-        """(reward, success) of the transition into state `s`."""
-        s = as_state(s)
+    def step(self, s: np.ndarray, checked: bool = False) -> tuple[float, bool]:
+        """(reward, success) of the transition into state `s` (`checked`: a float64 (91,)
+        state the env built itself, so validation is skipped)."""
+        if not checked:
+            s = as_state(s)
+        if len(self.parts) == 1:
+            s = s.tolist()  # native judges and potentials index scalars (see Check.error)
         success = self.judge.update(s)
         phi = self._phi(s)
         reward = SUCCESS_REWARD if success else phi - self.phi

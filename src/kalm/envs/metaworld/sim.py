@@ -56,22 +56,37 @@ def native_to_state(task: str, obs: np.ndarray, tcp: np.ndarray) -> np.ndarray:
     """KALM's 91-d float32 state from a 39-d observation and the tcp: gripper (tcp, opening),
     target, then the task's slots written into their entity blocks; every other block stays
     exactly zero."""
-    spec = TASKS[task]
-    s = np.zeros(OBS_DIM, dtype=np.float64)
+    s = np.zeros(OBS_DIM, dtype=np.float32)
     s[0:3] = tcp
     s[3] = obs[3]
     s[4:7] = obs[36:39]
-    for k, entity in enumerate(spec.slots):
-        s[ENTITY_SLICE[entity]] = obs[4 + 7 * k : 11 + 7 * k]
-    if spec.wall:
+    for dst, src in _SLOT_COPIES[task]:
+        s[dst] = obs[src]
+    if task in WALL_BLOCK:
         s[ENTITY_SLICE["wall"]] = WALL_BLOCK[task]
-    return s.astype(np.float32)
+    return s
+
+
+# per task: (state block, observation slot) pairs, computed once
+_SLOT_COPIES = {name: [(ENTITY_SLICE[e], slice(4 + 7 * k, 11 + 7 * k))
+                       for k, e in enumerate(spec.slots)] for name, spec in TASKS.items()}
+
+
+def tcp(sub: SawyerXYZEnv) -> np.ndarray:
+    """metaworld's `tcp_center` (midpoint of the finger-pad sites), from cached site ids: the
+    env reads it every step."""
+    ids = sub.__dict__.get("_kalm_pad_sites")
+    if ids is None:
+        ids = (sub.model.site("rightEndEffector").id, sub.model.site("leftEndEffector").id)
+        sub.__dict__["_kalm_pad_sites"] = ids
+    xpos = sub.data.site_xpos
+    return (xpos[ids[0]] + xpos[ids[1]]) / 2.0
 
 
 def state_of(task: str, sub: SawyerXYZEnv, obs: np.ndarray | None = None) -> np.ndarray:
     """The 91-d state of the sub-env now (`obs`: the observation `step` just returned)."""
     native = fresh_native_obs(sub) if obs is None else obs
-    return native_to_state(task, native, sub.tcp_center)
+    return native_to_state(task, native, tcp(sub))
 
 
 def read_wall(sub: SawyerXYZEnv) -> np.ndarray:
