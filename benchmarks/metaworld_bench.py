@@ -2,14 +2,16 @@
 
     python benchmarks/metaworld_bench.py step --steps 3000 --repeats 5
     python benchmarks/metaworld_bench.py expert --episodes 40 --workers 2
-    python benchmarks/metaworld_bench.py collect --episodes 10000 --workers 2
+    python benchmarks/metaworld_bench.py collect --episodes 10000 --workers 2 --out mw.h5
+    python benchmarks/metaworld_bench.py realism mw.h5
 
 `step` times the same random actions through the bare metaworld v3 env and through
 kalm/MetaWorld-v0, interleaved in blocks in one process (the machine is shared: the ratio is what
 is comparable), resets excluded from both. `expert` runs the noiseless scripted expert (and
 `--noise` others) for N seeded episodes per task at KALM's 100-step horizon, with 95% Wilson
 intervals, and counts the steps where the state-only judge agrees with metaworld's
-`info["success"]`. `collect` runs `kalm collect --env metaworld --policy expert:noise=mix`.
+`info["success"]`. `collect` runs `kalm collect --env metaworld --policy expert:noise=mix`;
+`realism` gives the realism-check rates of real episodes (the floor for imagined ones).
 """
 
 from __future__ import annotations
@@ -144,6 +146,29 @@ def collect_time(episodes: int, workers: int, out: str | None) -> None:
     print(f"load average at end: {_load()}")
 
 
+# ---------------------------------------------------------------------- realism floor
+def realism_floor(path: str) -> None:
+    """The realism rates of real episodes (the floor imagined rollouts are read against)."""
+    from kalm.data.episodes import read_episodes
+    from kalm.envs.registry import get_env
+
+    data = read_episodes(path)
+    checks = get_env("metaworld").realism_checks
+    totals: dict[str, int] = {}
+    transitions = flagged = 0
+    for ep in data.episodes():
+        counts = checks(ep.observations, ep.actions)
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + int(v)
+        transitions += ep.length
+        flagged += int(any(counts.values()))
+    print(f"{path}: {len(data)} episodes, {transitions} transitions")
+    print("| " + " | ".join(totals) + " | episodes with a flag |")
+    print("|" + "---|" * (len(totals) + 1))
+    print("| " + " | ".join(f"{100 * v / transitions:.3f}%" for v in totals.values())
+          + f" | {100 * flagged / len(data):.2f}% |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,13 +187,17 @@ def main() -> None:
     c.add_argument("--episodes", type=int, default=10000)
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--out", default=None)
+    r = sub.add_parser("realism")
+    r.add_argument("file", help="an episode file of real Meta-World episodes")
     args = ap.parse_args()
     if args.what == "step":
         step_overhead(args.tasks, args.steps, args.repeats)
     elif args.what == "expert":
         expert(args.episodes, args.noise, args.workers, args.horizon)
-    else:
+    elif args.what == "collect":
         collect_time(args.episodes, args.workers, args.out)
+    else:
+        realism_floor(args.file)
 
 
 if __name__ == "__main__":
