@@ -11,6 +11,8 @@ RUNS = [
     ["env_speed.py", "--steps", "5000", "--repeats", "5"],
     ["expert_success.py", "--episodes", "1000"],
     ["collect_speed.py", "--episodes", "10000", "--workers", "2"],
+    ["metaworld_bench.py", "step", "--steps", "2000", "--repeats", "3"],
+    ["metaworld_bench.py", "expert", "--episodes", "40", "--workers", "2"],
     ["eval_speed.py", "--workdir", "/tmp/kalm-eval-speed", "--episodes", "100",
      "--vector-envs", "8", "16", "32", "--budget", "100", "300"],
 ]

@@ -26,7 +26,7 @@ LAYERS = [
     ("kalm.cli",),
 ]
 # modules allowed to name a built-in environment: the envs themselves and the registry
-ENV_SPECIFIC = ("kalm.envs.clevr",)
+ENV_SPECIFIC = ("kalm.envs.clevr", "kalm.envs.metaworld")
 MAY_NAME_BUILTIN_ENVS = ("kalm.envs",)
 
 

@@ -70,7 +70,8 @@ def _env_name(env: str) -> str | None:
               help="Probability of a random action instead of the expert's, for diversity.")
 @click.option("--keep-failures", is_flag=True, help="Also keep episodes that did not succeed.")
 @click.option("--policy", default="expert", show_default=True,
-              help="Built-in behaviour policy of the env ('expert', 'random').")
+              help="Built-in behaviour policy of the env ('expert', 'random'); options as "
+                   "NAME:KEY=VALUE, e.g. metaworld's 'expert:noise=mix'.")
 @click.option("--init-region", type=click.Choice(["paper", "table"]), default="paper",
               show_default=True, help="Initial-state box: the original's, or the reachable table.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
@@ -138,7 +139,7 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
         trained_for = _env_name(policy_env) if policy_env else None
     except EnvError as exc:
         _fail(exc)
-    if isinstance(factory, str) and policy not in definition.policy_names:
+    if isinstance(factory, str) and policy.partition(":")[0] not in definition.policy_names:
         from kalm.rl.train import POLICY_FILE
 
         names = ", ".join(repr(n) for n in definition.policy_names)
@@ -178,8 +179,12 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
 @click.option("--out", type=click.Path(), default=None,
               help="GIF path (one episode) or folder (several); default next to the file.")
 @click.option("--fps", type=float, default=2.0, show_default=True)
-def render(episodes_file, index, out, fps) -> None:
-    """Render episodes of an episode file as animated GIFs (top-down view)."""
+@click.option("--frame", type=int, default=None,
+              help="Draw only this step of each episode (negative: from the end) as a still "
+                   "image (PNG when --out ends in .png).")
+def render(episodes_file, index, out, fps, frame) -> None:
+    """Render episodes of an episode file as animated GIFs (the env's drawing of its states),
+    or one step of each as a still image (--frame)."""
     from kalm.data.episodes import EpisodeFileError, read_episodes
     from kalm.envs.registry import EnvError, get_env
     from kalm.io import save_gif
@@ -198,12 +203,26 @@ def render(episodes_file, index, out, fps) -> None:
     base = Path(episodes_file)
     for i in indices:
         ep = data.episode(i)
-        if out and len(indices) == 1 and str(out).endswith(".gif"):
+        if out and len(indices) == 1 and str(out).endswith((".gif", ".png")):
             path = Path(out)
         else:
             folder = Path(out) if out else base.with_suffix("")
-            path = folder / f"episode-{i:05d}.gif"
-        save_gif(definition.frames(ep.observations, captions=ep.instruction), path, fps=fps)
+            path = folder / (f"episode-{i:05d}.gif" if frame is None
+                             else f"episode-{i:05d}-step-{frame}.png")
+        states = ep.observations
+        if frame is not None:
+            if not -len(states) <= frame < len(states):
+                _fail(ValueError(f"--frame {frame} is outside episode {i} "
+                                 f"({len(states)} states)"))
+            states = states[frame : frame + 1 if frame != -1 else None]
+        images = definition.frames(states, captions=ep.instruction)
+        if path.suffix == ".png":
+            from PIL import Image
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[0]).save(path)
+        else:
+            save_gif(images, path, fps=fps)
         click.echo(f"wrote {path} ({ep.length} steps, success={ep.success}): {ep.instruction}")
 
 

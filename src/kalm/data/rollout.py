@@ -45,8 +45,9 @@ class _Recorder:
     """One running episode: what `run_episode` keeps, step by step."""
 
     def __init__(self, obs: np.ndarray, goal: dict[str, Any], instruction: str,
-                 discrete: bool) -> None:
+                 discrete: bool, extras: Mapping[str, Any] | None = None) -> None:
         self.goal, self.instruction, self.discrete = goal, instruction, discrete
+        self.extras = dict(extras or {})
         self.obs = obs
         self.observations = [obs]
         self.actions: list[Any] = []
@@ -76,6 +77,7 @@ class _Recorder:
             instruction=self.instruction,
             goal=self.goal,
             successes=np.asarray(self.successes, dtype=bool),
+            extras=dict(self.extras),
         )
 
 
@@ -84,7 +86,11 @@ def _start(env: gym.Env, policy: Policy, goal: Mapping[str, Any], instruction: s
     obs, info = reset_unsolved(env, goal, instruction, seed, init)
     goal = dict(info.get("goal", goal))  # the env's normalised copy when it reports one
     policy.begin(env, goal, instruction)
-    return _Recorder(obs, goal, instruction, isinstance(env.action_space, gym.spaces.Discrete))
+    # what the env and the policy report about the episode (e.g. Meta-World's task, layout
+    # seed and noise level), stored per episode
+    extras = {**info.get("episode_extras", {}), **getattr(policy, "episode_extras", {})}
+    return _Recorder(obs, goal, instruction, isinstance(env.action_space, gym.spaces.Discrete),
+                     extras)
 
 
 def run_episode(

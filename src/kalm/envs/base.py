@@ -109,6 +109,11 @@ class EnvDefinition:
       field); `is_success(goal, obs[, prev_obs, action])`; `max_steps(goal)`;
     - `episode_rewards(goal, observations[, actions])`: rewards of an episode (T,), used to label
       imagined rollouts exactly like the env labels real ones;
+    - `episode_successes(goal, observations, actions) -> (T,) bool` (optional): success per step
+      judged on the whole history, for goals whose judge is ordered (Meta-World's two-stage
+      composites); `labels` uses it instead of `is_success` step by step when present;
+    - `action_low` / `action_high` (continuous actions, optional): the bounds the env clips
+      actions to; `clip_action` applies them (generated actions are clipped before storing);
     - `suites`: built-in goal suites, level -> JSONL path;
     - `policies`: built-in behaviour policies, name -> factory(seed) (`"random"` is added);
     - optional hooks (None when absent), so that generic stages never reach into one env:
@@ -138,6 +143,9 @@ class EnvDefinition:
     state_distance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     state_units: str = ""
     draw_state: Callable[..., np.ndarray] | None = None
+    episode_successes: Callable[..., Any] | None = None
+    action_low: Sequence[float] | None = None
+    action_high: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         s = self.spec
@@ -158,9 +166,37 @@ class EnvDefinition:
             raise ValueError(f"env {self.name!r}: state_low exceeds state_high somewhere")
         object.__setattr__(self, "state_low", low)
         object.__setattr__(self, "state_high", high)
+        self._check_action_bounds()
         for hook in ("make", "validate_goal", "is_success", "max_steps", "episode_rewards"):
             if not callable(getattr(self, hook)):
                 raise TypeError(f"env {self.name!r}: {hook} must be callable")
+
+    def _check_action_bounds(self) -> None:
+        if self.action_low is None and self.action_high is None:
+            return
+        if self.spec.action_type != "continuous":
+            raise ValueError(f"env {self.name!r}: action_low/action_high are for continuous "
+                             "actions")
+        if self.action_low is None or self.action_high is None:
+            raise ValueError(f"env {self.name!r}: give both action_low and action_high")
+        low = tuple(float(v) for v in self.action_low)
+        high = tuple(float(v) for v in self.action_high)
+        for label, v in (("action_low", low), ("action_high", high)):
+            if len(v) != self.spec.action_dim:
+                raise ValueError(f"env {self.name!r}: {label} has {len(v)} values, expected "
+                                 f"action_dim={self.spec.action_dim}")
+        if any(lo > hi for lo, hi in zip(low, high, strict=True)):
+            raise ValueError(f"env {self.name!r}: action_low exceeds action_high somewhere")
+        object.__setattr__(self, "action_low", low)
+        object.__setattr__(self, "action_high", high)
+
+    def clip_action(self, action: Any) -> Any:
+        """A continuous action clipped to the env's bounds (as is without bounds or for discrete
+        actions)."""
+        if self.action_low is None or self.spec.action_type != "continuous":
+            return action
+        return np.clip(np.asarray(action, dtype=np.float32), self.action_low,
+                       self.action_high).astype(np.float32)
 
     # ------------------------------------------------------------------ specs
     def episode_spec(self, env: str | None = None) -> EnvSpecInfo:
@@ -196,6 +232,12 @@ class EnvDefinition:
         if rewards.shape != (len(acts),):
             raise ValueError(f"env {self.name!r}: episode_rewards returned {rewards.shape[0]} "
                              f"rewards for {len(acts)} actions")
+        if self.episode_successes is not None:
+            terminals = np.asarray(self.episode_successes(goal, obs, acts), dtype=bool)
+            if terminals.shape != (len(acts),):
+                raise ValueError(f"env {self.name!r}: episode_successes returned shape "
+                                 f"{terminals.shape} for {len(acts)} actions")
+            return rewards, terminals
         terminals = np.array([self.success(goal, obs[t + 1], obs[t], action_item(acts[t]))
                               for t in range(len(acts))], dtype=bool)
         return rewards, terminals
@@ -233,14 +275,41 @@ class EnvDefinition:
         return tuple(sorted({*self.policies, "random"}))
 
     def policy(self, name: str, seed: int = 0) -> Policy:
-        """A built-in behaviour policy by name (`"random"` for every env)."""
+        """A built-in behaviour policy by name (`"random"` for every env). `NAME:KEY=VALUE,...`
+        passes options to the factory as keyword arguments (numbers as floats), e.g.
+        `expert:noise=0.1`."""
         factories = dict(self.policies)
         if "random" not in factories:
             factories["random"] = RandomAgent
-        if name not in factories:
-            raise ValueError(f"env {self.name!r} has no built-in policy {name!r}; expected one "
+        base, options = parse_policy_name(name)
+        if base not in factories:
+            raise ValueError(f"env {self.name!r} has no built-in policy {base!r}; expected one "
                              f"of {', '.join(sorted(factories))}")
-        return factories[name](seed)
+        if not options:
+            return factories[base](seed)
+        try:
+            inspect.signature(factories[base]).bind(seed, **options)
+        except TypeError:
+            raise ValueError(f"policy {base!r} of env {self.name!r} does not take option(s) "
+                             f"{', '.join(sorted(options))}") from None
+        return factories[base](seed, **options)
+
+
+def parse_policy_name(name: str) -> tuple[str, dict[str, Any]]:
+    """`"expert:noise=0.1"` -> ("expert", {"noise": 0.1}); ValueError naming a bad option."""
+    base, sep, rest = name.partition(":")
+    options: dict[str, Any] = {}
+    if not sep:
+        return base, options
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"policy {name!r}: option {part!r} is not KEY=VALUE")
+        try:
+            options[key.strip()] = float(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    return base, options
 
 
 def action_item(a: Any) -> Any:

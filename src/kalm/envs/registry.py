@@ -1,8 +1,9 @@
 """What kalm needs from an environment (`EnvDefinition`) and how an env string finds one.
 
-Every stage names its environment by a string: `"clevr"` (built in), `"package.module:ATTR"` or
-`"path/to/file.py:ATTR"` (a user's definition). The string given to `kalm collect` is stored in
-the episode files and model metadata, so later stages find the same environment from the data.
+Every stage names its environment by a string: `"clevr"` or `"metaworld"` (built in),
+`"package.module:ATTR"` or `"path/to/file.py:ATTR"` (a user's definition). The string given to
+`kalm collect` is stored in the episode files and model metadata, so later stages find the same
+environment from the data.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["BUILTIN_ENVS", "EnvDefinition", "EnvError", "EnvLike", "env_kwargs", "find_env",
            "get_env", "make_env", "resolve_env"]
 
-BUILTIN_ENVS = ("clevr",)
-_FORMS = "'clevr', 'package.module:ATTR' or 'path/to/file.py:ATTR'"
+BUILTIN_ENVS = ("clevr", "metaworld")
+_FORMS = "'clevr', 'metaworld', 'package.module:ATTR' or 'path/to/file.py:ATTR'"
 
 
 # ---------------------------------------------------------------------- lookup
@@ -65,6 +66,10 @@ def get_env(name: str) -> EnvDefinition:
         from kalm.envs.clevr.definition import CLEVR
 
         return CLEVR
+    if name == "metaworld":
+        from kalm.envs.metaworld.definition import METAWORLD
+
+        return METAWORLD
     target, sep, attr = name.rpartition(":")
     if not sep or not target or not attr:
         raise EnvError(f"unknown env {name!r}; expected {_FORMS}")

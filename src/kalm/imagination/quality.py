@@ -9,8 +9,9 @@
 - state error per step between the imagined and the replayed states (the env's
   `state_distance` hook, in its `state_units`).
 
-Replay uses the env's `replay` hook, else its `set_state` hook; an env with neither gets null
-replay numbers, and an env without realism checks gets null realism rates (its rollouts count as
+Replay uses the env's `replay` hook, else its `set_state` hook; an env with neither (or whose
+`set_state` raises NotImplementedError for a state) gets null replay numbers, and an env
+without realism checks gets null realism rates (its rollouts count as
 realistic for `--filter`).
 """
 
@@ -62,7 +63,10 @@ def replay_actions(definition: EnvDefinition, env: gym.Env, goal: Mapping[str, A
     if definition.set_state is None:
         return None
     env.reset(seed=0, options={"goal": dict(goal), "instruction": "replay"})
-    definition.set_state(env, np.asarray(s0, dtype=np.float32))
+    try:
+        definition.set_state(env, np.asarray(s0, dtype=np.float32))
+    except NotImplementedError:  # the env cannot set this state (e.g. an articulated task)
+        return None
     states = [np.asarray(s0, dtype=np.float64)]
     for a in actions:
         obs, *_ = env.step(a)
