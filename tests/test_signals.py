@@ -104,7 +104,7 @@ def test_signal_table_counts_against_the_replay_on_hand_made_rollouts(expert_epi
     missed = dict(self_success=False, replay_success=True)
     eps = [_episode(s0, real.actions, **right), _episode(s0, [8 * 2 + 0], **wrong),
            _episode(s0, real.actions, **missed), _episode(s0, [8 * 2 + 0], **wrong)]
-    signals = compute_signals(eps, [], CLEVR, VotingDynamics(GOAL, members=5, agree=2))
+    signals = compute_signals(eps, CLEVR, VotingDynamics(GOAL, members=5, agree=2))
     rows = {r["signal"]: r for r in signal_table(eps, signals)}
     paper = rows["the LLM's own label (paper)"]
     assert (paper["kept"], paper["true_positives"], paper["positives"]) == (3, 1, 2)

@@ -482,7 +482,12 @@ def signals(imagined_files, dynamics_dir, model_dir, real, real_episodes, out) -
     from kalm.data.episodes import EpisodeFileError, read_episodes
     from kalm.envs.registry import EnvError, get_env
     from kalm.imagination.dynamics import DynamicsEnsemble, DynamicsFileError
-    from kalm.imagination.signals import compute_signals, format_rows, signal_table
+    from kalm.imagination.signals import (
+        compute_signals,
+        format_rows,
+        model_thresholds,
+        signal_table,
+    )
     from kalm.io import write_json
 
     if model_dir is not None and real is None:
@@ -490,8 +495,7 @@ def signals(imagined_files, dynamics_dir, model_dir, real, real_episodes, out) -
     result: dict[str, list] = {}
     lines = ["| level | signal | kept | precision | recall | AUROC |", "|---|---|---|---|---|---|"]
     try:
-        model = builder = None
-        held_out: list = []
+        model = builder = thresholds = None
         if model_dir is not None:
             from kalm.llm.prompts import PromptBuilder
             from kalm.llm.saving import load_rollout_model
@@ -510,7 +514,8 @@ def signals(imagined_files, dynamics_dir, model_dir, real, real_episodes, out) -
                                     int(trained.get("seed", 0)))
             if not n_val:
                 raise ValueError(f"{model_dir} was grounded without held-out episodes")
-            held_out = [real_data.episode(int(i)) for i in val[:real_episodes]]
+            thresholds = model_thresholds(
+                model, builder, [real_data.episode(int(i)) for i in val[:real_episodes]])
         for item in imagined_files:
             level, sep, path = item.partition("=")
             if not sep or not path:
@@ -523,8 +528,8 @@ def signals(imagined_files, dynamics_dir, model_dir, real, real_episodes, out) -
                 raise ValueError(f"{path}: needs the rollouts of `kalm imagine` with their "
                                  "replay diagnostic (replay_success, self_success)")
             ens = DynamicsEnsemble.load(dynamics_dir, spec=data.spec)
-            rows = signal_table(episodes, compute_signals(episodes, held_out, definition, ens,
-                                                          model, builder))
+            rows = signal_table(episodes, compute_signals(episodes, definition, ens, model,
+                                                          builder, thresholds))
             result[level] = rows
             lines += format_rows(level, rows)
     except (EpisodeFileError, DynamicsFileError, EnvError, ValueError, RuntimeError) as exc:

@@ -146,11 +146,24 @@ def real_threshold(real_scores: np.ndarray) -> float:
     return float(np.quantile(finite, REAL_QUANTILE))
 
 
-def compute_signals(episodes: list[Episode], real: list[Episode], definition: EnvDefinition,
-                    dynamics: Dynamics, model: RolloutModel | None = None,
-                    builder: PromptBuilder | None = None) -> list[Signal]:
-    """Every signal above for the imagined EPISODES (with `self_success` in their extras);
-    REAL episodes (held out from grounding) set the score thresholds."""
+def model_thresholds(model: RolloutModel, builder: PromptBuilder, real: list[Episode]
+                     ) -> dict[str, float]:
+    """The pass marks of the model's scores, from held-out REAL episodes (computed once for
+    every level): a rollout passes when it scores like all but the worst 10% of them."""
+    if not real:
+        raise ValueError("the model's signals need held-out real episodes for their thresholds")
+    out = {"dynamics_error": -real_threshold(-dynamics_error(model, builder, real))}
+    lp = action_logprob(model, builder, real)
+    if np.isfinite(lp).any():
+        out["action_logprob"] = real_threshold(lp)
+    return out
+
+
+def compute_signals(episodes: list[Episode], definition: EnvDefinition, dynamics: Dynamics,
+                    model: RolloutModel | None = None, builder: PromptBuilder | None = None,
+                    thresholds: dict[str, float] | None = None) -> list[Signal]:
+    """Every signal above for the imagined EPISODES (with `self_success` in their extras); the
+    model's scores (when MODEL is given) pass at THRESHOLDS (`model_thresholds`)."""
     from kalm.data.episodes import EpisodeData
 
     data = EpisodeData.from_episodes(episodes, definition.episode_spec(), source="imagined")
@@ -163,9 +176,16 @@ def compute_signals(episodes: list[Episode], real: list[Episode], definition: En
     mean_ok = np.array([bool(e.extras["ensemble_success"]) for e in labelled])
     votes = np.array([int(e.extras.get("ensemble_votes", -1)) for e in labelled])
     unc = np.array([float(e.extras["ensemble_uncertainty_mean"]) for e in labelled])
+    calm = 1.0 - unc / max(float(unc.max()), 1e-12)  # in [0, 1], 1 = no disagreement
     out = [Signal("the LLM's own label (paper)", self_ok, rule="success on its own states"),
-           Signal("ensemble, mean rollout", mean_ok, -unc,
-                  "success on the members' mean; ranked by low disagreement")]
+           Signal("ensemble, mean rollout", mean_ok, mean_ok + 0.5 * calm,
+                  "success on the members' mean; ties ranked by low disagreement")]
+    quantile = getattr(dynamics, "uncertainty_quantile", None)
+    if quantile is not None:
+        limit = float(quantile(0.9))
+        out.append(Signal("ensemble, mean rollout and low disagreement", mean_ok & (unc <= limit),
+                          calm, f"mean disagreement <= {limit:.3f} (90% quantile on held-out "
+                          "real transitions); ranked by disagreement alone"))
     if members and (votes >= 0).all():
         for m in sorted({members // 2 + 1, members}):
             out.append(Signal(f"ensemble, mean and >= {m} of {members} members", mean_ok &
@@ -177,15 +197,13 @@ def compute_signals(episodes: list[Episode], real: list[Episode], definition: En
         out.append(Signal("the LLM's own label and no implausible transition",
                           self_ok & plausible))
     if model is not None and builder is not None:
-        lp, lp_real = action_logprob(model, builder, episodes), action_logprob(model, builder,
-                                                                              real)
-        if np.isfinite(lp).any():
-            thr = real_threshold(lp_real)
+        if thresholds is None:
+            raise ValueError("the model's signals need thresholds (model_thresholds)")
+        if "action_logprob" in thresholds:
+            lp, thr = action_logprob(model, builder, episodes), thresholds["action_logprob"]
             out.append(Signal("mean action log-probability", lp >= thr, lp,
                               f">= {thr:.2f} (10% quantile on real episodes)"))
-        de, de_real = dynamics_error(model, builder, episodes), dynamics_error(model, builder,
-                                                                               real)
-        thr = -real_threshold(-de_real)
+        de, thr = dynamics_error(model, builder, episodes), thresholds["dynamics_error"]
         out.append(Signal("the LLM's dynamics re-predicting its transitions", de <= thr, -de,
                           f"normalised error <= {thr:.3f} (90% quantile on real episodes)"))
         expl = explanation_consistent(model, builder, definition, episodes)
@@ -216,5 +234,5 @@ def format_rows(level: str, rows: list[dict[str, Any]]) -> list[str]:
 
 
 __all__ = ["REAL_QUANTILE", "Signal", "action_logprob", "compute_signals", "dynamics_error",
-           "explanation_consistent", "format_rows", "real_threshold", "realistic",
-           "signal_table"]
+           "explanation_consistent", "format_rows", "model_thresholds", "real_threshold",
+           "realistic", "signal_table"]
