@@ -139,6 +139,7 @@ def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_l
     ("rl", {"level_ratios": {"novel": 0.2}}, r"levels \['novel'\] are not imagined"),
     ("rl", {"imagined_ratio": 0.0}, "rl.imagined_ratio"),
     ("rl", {"reference_rows": ["oracle"]}, "rl.reference_rows: unknown row 'oracle'"),
+    ("label", {"min_votes": 6}, r"label.min_votes \(6\) exceeds dynamics.members \(5\)"),
 ])
 def test_bad_label_and_rl_settings_name_the_key(tmp_path, section, bad, match):
     import yaml

@@ -243,6 +243,10 @@ class RunConfig:
         for algo in self.rl.algos:
             if algo not in self.rl.steps:
                 raise ConfigError(f"rl.steps has no entry for algo {algo!r}")
+        votes = self.label.min_votes
+        if votes is not None and votes > self.dynamics.members:
+            raise ConfigError(f"label.min_votes ({votes}) exceeds dynamics.members "
+                              f"({self.dynamics.members})")
         for row in self.rl.reference_rows:
             if row not in REFERENCES:
                 raise ConfigError(f"rl.reference_rows: unknown row {row!r}; known: "

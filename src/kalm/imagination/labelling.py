@@ -39,6 +39,7 @@ from kalm.imagination.relabel import (
     first_success,
     judge_quality,
     relabel,
+    select_proposals,
 )
 from kalm.io import write_json
 
@@ -92,29 +93,6 @@ def label_quality(episodes: list[Episode], key: str) -> dict[str, Any] | None:
                                for e in episodes):
         return None
     return judge_quality(episodes, key).to_json()
-
-
-def select_proposals(episodes: list[Episode], verdict_key: str) -> list[Episode]:
-    """One rollout per task of a best-of-N file (`kalm imagine` with proposals > 1): among the
-    task's proposals judged successful, the least uncertain on the ensemble (then the earliest
-    proposal); when none is, the first proposal (greedy by default). A file of single
-    proposals is returned as it is."""
-    if not any(int(e.extras.get("proposal", 0)) for e in episodes):
-        return episodes
-    by_task: dict[int, list[Episode]] = {}
-    for e in episodes:
-        by_task.setdefault(int(e.extras["task_index"]), []).append(e)
-    chosen = []
-    for task in sorted(by_task):
-        proposals = sorted(by_task[task], key=lambda e: int(e.extras["proposal"]))
-        verified = [e for e in proposals if e.extras[verdict_key]]
-        if verified:
-            chosen.append(min(verified, key=lambda e: (
-                float(e.extras.get("ensemble_uncertainty_mean", 0.0)),
-                int(e.extras["proposal"]))))
-        else:
-            chosen.append(proposals[0])
-    return chosen
 
 
 def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,

@@ -209,6 +209,29 @@ def relabel(data: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
     return out, stats
 
 
+def select_proposals(episodes: list[Episode], verdict_key: str) -> list[Episode]:
+    """One rollout per task of a best-of-N file (`kalm imagine` with proposals > 1): among the
+    task's proposals judged successful, the least uncertain on the ensemble (then the earliest
+    proposal); when none is, the first proposal (greedy by default). A file of single
+    proposals is returned as it is."""
+    if not any(int(e.extras.get("proposal", 0)) for e in episodes):
+        return episodes
+    by_task: dict[int, list[Episode]] = {}
+    for e in episodes:
+        by_task.setdefault(int(e.extras["task_index"]), []).append(e)
+    chosen = []
+    for task in sorted(by_task):
+        proposals = sorted(by_task[task], key=lambda e: int(e.extras["proposal"]))
+        verified = [e for e in proposals if e.extras[verdict_key]]
+        if verified:
+            chosen.append(min(verified, key=lambda e: (
+                float(e.extras.get("ensemble_uncertainty_mean", 0.0)),
+                int(e.extras["proposal"]))))
+        else:
+            chosen.append(proposals[0])
+    return chosen
+
+
 KEEP = ("all", "success")
 
 
@@ -230,6 +253,7 @@ def relabel_file(path: str | Path, dynamics: Dynamics, out: str | Path,
                          f"{data.source!r} ones")
     definition = definition or get_env(data.spec.env)
     relabelled, stats = relabel(data, dynamics, definition, cfg)
+    relabelled = select_proposals(relabelled, "ensemble_success")  # one per task (best-of-N)
     episodes = (relabelled if keep == "all"
                 else [e for e in relabelled if e.extras["ensemble_success"]])
     if not episodes:
