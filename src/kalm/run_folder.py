@@ -285,8 +285,10 @@ class RunConfig:
             ground=r(self.ground, stop_at_step=1, eval_every=1, save_every=1, eval_episodes=2,
                      metrics_episodes=2, explain_episodes=1),
             imagine=r(self.imagine, levels={lv: 1 for lv in self.imagine.levels},
-                      max_steps=2, goals=4),
+                      max_steps=2, goals=4, proposals=min(self.imagine.proposals, 2)),
             dynamics=r(self.dynamics, epochs=1, members=2, hidden=32),
+            label=r(self.label, min_votes=None if self.label.min_votes is None
+                    else min(self.label.min_votes, 2)),
             shooting=r(self.shooting, candidates=4, horizon=2),
             rl=r(self.rl, steps={a: 2 for a in self.rl.steps}),
             evaluate=r(self.evaluate, episodes=2, easy_episodes=2,
