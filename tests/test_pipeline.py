@@ -290,7 +290,8 @@ def test_paper_config_runs_one_step_of_every_stage_on_a_slice(tmp_path):
     assert meta["train"]["steps_done"] == 1
     from kalm.data.episodes import read_episodes
 
-    assert len(read_episodes(smoke / "imagine-hard" / "imagined.h5")) == 4  # first 4 goals
+    # the first 4 goals, 2 proposals each (the config's best-of-8, capped at 2 in a smoke run)
+    assert len(read_episodes(smoke / "imagine-hard" / "imagined.h5")) == 4 * 2
     assert meta["backbone"]["name"] == "smollm2-135m-instruct"
     assert (smoke / "report" / "report.md").exists()
 
