@@ -156,16 +156,7 @@ class EnvDefinition:
         if s.action_type not in ("discrete", "continuous"):
             raise ValueError(f"env {self.name!r}: action_type must be 'discrete' or "
                              f"'continuous', got {s.action_type!r}")
-        low = tuple(float(v) for v in self.state_low)
-        high = tuple(float(v) for v in self.state_high)
-        for label, v in (("state_low", low), ("state_high", high)):
-            if len(v) != s.obs_dim:
-                raise ValueError(f"env {self.name!r}: {label} has {len(v)} values, "
-                                 f"expected obs_dim={s.obs_dim}")
-        if any(lo > hi for lo, hi in zip(low, high, strict=True)):
-            raise ValueError(f"env {self.name!r}: state_low exceeds state_high somewhere")
-        object.__setattr__(self, "state_low", low)
-        object.__setattr__(self, "state_high", high)
+        self._set_bounds("state", self.state_low, self.state_high, "obs_dim", s.obs_dim)
         self._check_action_bounds()
         for hook in ("make", "validate_goal", "is_success", "max_steps", "episode_rewards"):
             if not callable(getattr(self, hook)):
@@ -179,16 +170,22 @@ class EnvDefinition:
                              "actions")
         if self.action_low is None or self.action_high is None:
             raise ValueError(f"env {self.name!r}: give both action_low and action_high")
-        low = tuple(float(v) for v in self.action_low)
-        high = tuple(float(v) for v in self.action_high)
-        for label, v in (("action_low", low), ("action_high", high)):
-            if len(v) != self.spec.action_dim:
-                raise ValueError(f"env {self.name!r}: {label} has {len(v)} values, expected "
-                                 f"action_dim={self.spec.action_dim}")
+        self._set_bounds("action", self.action_low, self.action_high, "action_dim",
+                         self.spec.action_dim)
+
+    def _set_bounds(self, kind: str, low_values: Sequence[float], high_values: Sequence[float],
+                    dim_name: str, dim: int) -> None:
+        """Store KIND_low / KIND_high as float tuples after checking their length and order."""
+        low = tuple(float(v) for v in low_values)
+        high = tuple(float(v) for v in high_values)
+        for label, v in ((f"{kind}_low", low), (f"{kind}_high", high)):
+            if len(v) != dim:
+                raise ValueError(f"env {self.name!r}: {label} has {len(v)} values, "
+                                 f"expected {dim_name}={dim}")
         if any(lo > hi for lo, hi in zip(low, high, strict=True)):
-            raise ValueError(f"env {self.name!r}: action_low exceeds action_high somewhere")
-        object.__setattr__(self, "action_low", low)
-        object.__setattr__(self, "action_high", high)
+            raise ValueError(f"env {self.name!r}: {kind}_low exceeds {kind}_high somewhere")
+        object.__setattr__(self, f"{kind}_low", low)
+        object.__setattr__(self, f"{kind}_high", high)
 
     def clip_action(self, action: Any) -> Any:
         """A continuous action clipped to the env's bounds (as is without bounds or for discrete

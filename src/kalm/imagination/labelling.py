@@ -95,16 +95,21 @@ def label_quality(episodes: list[Episode], key: str) -> dict[str, Any] | None:
     return judge_quality(episodes, key).to_json()
 
 
+def _read_imagined(path: Path, what: str) -> EpisodeData:
+    data = read_episodes(path)
+    if data.source != "imagined":
+        raise ValueError(f"{path}: {what} is for imagined episodes, this file holds "
+                         f"{data.source!r} ones")
+    return data
+
+
 def label_level(imagined: str | Path, out_dir: str | Path, cfg: LabelConfig,
                 definition: EnvDefinition, dynamics: Dynamics | None = None
                 ) -> dict[str, Any]:
     """Label the rollouts of `imagined` into OUT_DIR (`labelled.h5`, `labelled-success.h5`,
     `label_stats.json`, each written atomically); returns the stats."""
     imagined, out_dir = Path(imagined), Path(out_dir)
-    data = read_episodes(imagined)
-    if data.source != "imagined":
-        raise ValueError(f"{imagined}: labelling is for imagined episodes, this file holds "
-                         f"{data.source!r} ones")
+    data = _read_imagined(imagined, "labelling")
     generated = data.episodes()
     if cfg.needs_dynamics:
         if dynamics is None:
@@ -138,10 +143,7 @@ def verify_level(imagined: str | Path, out_dir: str | Path, definition: EnvDefin
     judged successes are the LLM's rollouts that really reach the goal: what perfect labels
     would hand the learner, to tell how much is lost to wrong ones."""
     imagined, out_dir = Path(imagined), Path(out_dir)
-    data = read_episodes(imagined)
-    if data.source != "imagined":
-        raise ValueError(f"{imagined}: verifying is for imagined episodes, this file holds "
-                         f"{data.source!r} ones")
+    data = _read_imagined(imagined, "verifying")
     generated = data.episodes()
     env = make_env(definition)
     labelled = []
