@@ -243,6 +243,11 @@ def render(episodes_file, index, out, fps, frame) -> None:
 @click.option("--head-lr-scale", type=float, default=None,
               help="Learning rate of the new embeddings and heads as a multiple of --lr "
                    "(default 1).")
+@click.option("--action-head", type=click.Choice(["regression", "bins"]), default=None,
+              help="Continuous actions: regression (MSE, the paper's; the default) or bins "
+                   "(cross-entropy per dimension over bins between the env's action bounds).")
+@click.option("--action-bins", type=int, default=None,
+              help="Bins per action dimension of --action-head bins (default 21).")
 @click.option("--bf16", type=click.Choice(["auto", "on", "off"]), is_flag=False, flag_value="on",
               default=None, help="bfloat16 autocast: --bf16 (on), --bf16 off, or --bf16 auto "
                                  "(the default: on where a start-up probe measures it faster "
@@ -259,15 +264,18 @@ def render(episodes_file, index, out, fps, frame) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file with GroundConfig fields (a `ground:` section or top level).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, head_lr_scale, bf16,
-           no_bf16, seed, time_limit_minutes, budget_minutes, device, config_file, resume
-           ) -> None:
+def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, head_lr_scale,
+           action_head, action_bins, bf16, no_bf16, seed, time_limit_minutes, budget_minutes,
+           device, config_file, resume) -> None:
     """Ground a causal LM in the environment: fine-tune on the four KALM objectives.
 
     Works under `accelerate launch kalm ground ...` for several devices.
     """
+    from dataclasses import asdict
+
     from kalm.config import ConfigError, from_dict, load_yaml
     from kalm.llm.backbone import BackboneError
+    from kalm.llm.model import ModelConfig
     from kalm.llm.saving import CheckpointMismatch
     from kalm.llm.train import GroundConfig
     from kalm.llm.train import ground as run_ground
@@ -289,6 +297,10 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, hea
             cfg = load_yaml(GroundConfig, config_file, section=section, overrides=overrides)
         else:
             cfg = from_dict(GroundConfig, {k: v for k, v in overrides.items() if v is not None})
+        if action_head is not None or action_bins is not None:
+            cfg.model = ModelConfig(**{**asdict(cfg.model),
+                                       **({"action_head": action_head} if action_head else {}),
+                                       **({"action_bins": action_bins} if action_bins else {})})
         if full:
             cfg.adapter.mode = "full"
         if lora_r is not None:

@@ -171,14 +171,20 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
 # adding an option does not make every finished stage look changed.
 LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None,
                                 "head_lr_scale": 1.0, "min_votes": None}
+# the same for fields of the grounding's `model` section
+LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21}
 # Settings that change speed or placement, never results.
 SPEED_ONLY = ("workers", "device")
 
 
 def _hashed(d: dict[str, Any]) -> dict[str, Any]:
     """A stage config without the settings that change speed, not results."""
-    return {k: v for k, v in d.items()
-            if k not in SPEED_ONLY and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    out = {k: v for k, v in d.items()
+           if k not in SPEED_ONLY and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items()
+                        if not (k in LATER_MODEL_FIELDS and LATER_MODEL_FIELDS[k] == v)}
+    return out
 
 
 def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 a_t = argmax ActionHead(goal prompt, s_0, a_0, ..., s_t), with the real environment supplying
 the states. The prompt is encoded once; each step extends the KV cache by the executed action
-and the observed state. Works in any env the model was grounded on (continuous action heads
-give the action vector itself). The model runs on `device` (auto = CUDA when present); the
+and the observed state. Works in any env the model was grounded on (continuous actions: the
+regression head's vector or the bin head's argmax bins, clipped to the spec's bounds, as in
+imagination). The model runs on `device` (auto = CUDA when present); the
 observations are moved to it, the chosen action comes back to the host.
 """
 
@@ -69,10 +70,10 @@ class LLMPolicy:
             self._decoder.feed(m.embed_actions(torch.as_tensor(
                 np.asarray(self._last_action)[None]).to(device)))
             self._decoder.feed(m.embed_states(state))
-        out = m.predict_action(self._decoder.last)[0]
+        out = m.greedy_action(self._decoder.last)[0]
         action: int | np.ndarray
         if m.spec.action_type == "discrete":
-            action = int(out.argmax(-1))
+            action = int(out)
         else:
             action = out.float().cpu().numpy().astype(np.float32)
         self._last_action = action

@@ -159,7 +159,7 @@ class QualityReport:
         }
         out.update({f"{k}_pct": checked(100 * v / m) for k, v in self.unrealistic.items()})
         out["unrealistic_rollouts_pct"] = checked(100 * self.unrealistic_rollouts / n)
-        out["state_error_by_step"] = [float(np.mean(e)) for e in self.step_errors[:50]]
+        out["state_error_by_step"] = [float(np.mean(e)) for e in self.step_errors]
         out["state_error_mean"] = (
             float(np.mean([x for e in self.step_errors for x in e])) if self.step_errors
             else replayed(0.0))

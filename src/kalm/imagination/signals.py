@@ -11,9 +11,10 @@ Signals, each from the rollout's own actions and states:
 - the dynamics ensemble: success on the members' mean rollout, the number of members whose own
   rollout reaches the goal (votes), and the mean disagreement;
 - the grounded model read back on its rollout: the mean log-probability of the rollout's actions
-  (teacher forced), the error of its dynamics objective re-predicting each imagined transition
-  (a model that contradicts itself is unsure), and its explanation of the rollout naming the
-  goal (cycle consistency; only where the env can judge explanation texts);
+  (teacher forced; discrete actions or a continuous bin head), the error of its dynamics
+  objective re-predicting each imagined transition (a model that contradicts itself is
+  unsure), and its explanation of the rollout naming the goal (cycle consistency; only where
+  the env can judge explanation texts);
 - physical plausibility: no transition flagged by the env's realism checks.
 
 Scores get a verdict from real data, never from the simulator's replay of imagined actions: a
@@ -47,10 +48,11 @@ BATCH = 16
 def action_logprob(model: RolloutModel, builder: PromptBuilder,
                    episodes: Sequence[Episode]) -> np.ndarray:
     """Mean log-probability of each episode's actions under the model, teacher forced on the
-    episode's own states and instruction (nan for continuous actions: no likelihood)."""
+    episode's own states and instruction (a bin head: of each action's nearest bins; nan for a
+    regression head, which has no likelihood)."""
     spec = model.spec
     out = np.full(len(episodes), np.nan)
-    if spec.action_type != "discrete":
+    if spec.action_type != "discrete" and not model.bins:
         return out
     device = model_device(model)
     for lo in tqdm(range(0, len(episodes), BATCH), desc="action log-probability",
@@ -63,8 +65,9 @@ def action_logprob(model: RolloutModel, builder: PromptBuilder,
                         b["action_in"])
         h, _ = model.hidden(x, attention_mask=b["attention_mask"])
         rows, pos = b["action_tgt_mask"].nonzero(as_tuple=True)
-        logp = torch.log_softmax(model.predict_action(h[rows, pos]), -1)
-        picked = logp.gather(-1, b["action_tgt"][rows, pos][:, None])[:, 0].cpu().numpy()
+        logp = model.action_log_prob(h[rows, pos], b["action_tgt"][rows, pos])
+        assert logp is not None
+        picked = logp.float().cpu().numpy()
         rows = rows.cpu().numpy()
         for r in range(len(chunk)):
             out[lo + r] = float(picked[rows == r].mean()) if (rows == r).any() else np.nan

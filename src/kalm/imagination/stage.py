@@ -124,14 +124,18 @@ def _context_ok(builder: PromptBuilder, model, text: str, steps: int) -> str | N
     return None
 
 
+def _task_steps(cfg: ImagineConfig, definition: EnvDefinition, task: Task) -> int:
+    limit = int(definition.max_steps(task.goal))
+    return limit if cfg.max_steps is None else min(cfg.max_steps, limit)
+
+
 def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: EnvDefinition,
-               env: gym.Env, tasks: list[Task], bar
+               env: gym.Env, tasks: list[Task], bar, error_width: int = 50
                ) -> tuple[list[Episode], list[dict[str, Any]]]:
     episodes, skipped = [], []
     ready = []
     for t in tasks:
-        limit = int(definition.max_steps(t.goal))
-        steps = limit if cfg.max_steps is None else min(cfg.max_steps, limit)
+        steps = _task_steps(cfg, definition, t)
         why = _context_ok(builder, model, t.instruction, steps)
         if why:
             skipped.append({"index": t.index, "instruction": t.instruction, "reason": why})
@@ -177,7 +181,7 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
                              **{UNREALISTIC + k: v for k, v in check.counts.items()},
                              "mean_state_error": float(np.mean(errors)) if len(errors)
                              else float("nan"),
-                             "state_errors": _pad(errors),
+                             "state_errors": _pad(errors, error_width),
                              "explanation_checked": False,
                              "explanation_consistent": False})
         ep.extras["level"] = t.level
@@ -186,6 +190,8 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
 
 
 def _pad(errors: np.ndarray, width: int = 50) -> np.ndarray:
+    """Per-step errors at one width for the whole file (the longest rollout planned, at least
+    50: CLEVR's limit; Meta-World's episodes are 100 steps)."""
     out = np.full(width, np.nan, dtype=np.float32)
     out[: min(width, len(errors))] = errors[:width]
     return out
@@ -248,6 +254,7 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps(identity, sort_keys=True))
+    error_width = max([50, *(_task_steps(cfg, definition, t) for t in tasks)])
     episodes: list[Episode] = []
     skipped: list[dict[str, Any]] = []
     bar = tqdm(total=len(tasks), desc="imagine", unit="rollout", disable=not progress)
@@ -262,7 +269,7 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
             bar.update(min(cfg.chunk_size, len(tasks) - c))
             continue
         eps, skp = _run_chunk(cfg, model, builder, definition, env,
-                              tasks[c : c + cfg.chunk_size], bar)
+                              tasks[c : c + cfg.chunk_size], bar, error_width)
         if eps:
             write_episodes(EpisodeData.from_episodes(eps, episode_spec, source="imagined"), path)
         skip_path.write_text(json.dumps(skp))

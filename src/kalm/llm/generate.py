@@ -9,6 +9,10 @@ rollout (`seeds`), so neither does its randomness. `use_cache=False` re-encodes 
 step (what the published generator did); it exists for equivalence tests and benchmarks.
 Prompts are built on the CPU and moved to the model's device; only the chosen actions and the
 generated states come back.
+
+Continuous actions are clipped to the spec's bounds before they are fed back and stored. A
+regression head has no distribution to sample from, so its rollouts are greedy at any
+temperature; a bin head samples one bin per dimension.
 """
 
 from __future__ import annotations
@@ -88,14 +92,16 @@ def row_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 def _choose_action(model: RolloutModel, h: torch.Tensor, temperature: float,
                    generators: Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Greedy, or sampled from row i's own stream: (B,) indices or (B, action_dim) values."""
+    sampled = temperature > 0 and generators is not None
+    if not sampled or (model.spec.action_type == "continuous" and not model.bins):
+        return model.greedy_action(h)
     out = model.predict_action(h)
-    if model.spec.action_type != "discrete":
-        return out
-    if temperature <= 0 or generators is None:
-        return out.argmax(-1)
     probs = torch.softmax(out.float() / temperature, dim=-1).cpu()
-    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
-    return torch.cat(picks).to(out.device)
+    # discrete: (B, n) -> one pick per row; bins: (B, action_dim, bins) -> one per dimension
+    picks = torch.stack([torch.multinomial(probs[i], 1, generator=g)[..., 0]
+                         for i, g in enumerate(generators)]).to(out.device)
+    return model.bin_values(picks) if model.bins else picks
 
 
 @torch.no_grad()

@@ -1,4 +1,8 @@
-"""Grounding losses: state MSE (normalised), action CE (or MSE), explanation token CE.
+"""Grounding losses: state MSE (normalised), action CE, explanation token CE.
+
+Actions: cross-entropy over the actions (discrete); for continuous ones MSE on the vector
+(`regression` head) or, per dimension, cross-entropy against the nearest bin (`bins` head), the
+mean over dimensions, so the loss scale does not grow with the action size.
 
 Each term is averaged per sample first, then over the samples that have it, so long episodes do
 not outweigh short ones and padding never counts. The LM head runs only on supervised text
@@ -58,7 +62,7 @@ def grounding_losses(model: RolloutModel, batch: dict[str, torch.Tensor],
     else:
         state_loss = zero
 
-    # actions: CE (discrete) / MSE (continuous) at the state slots of the rollout objective
+    # actions: at the state slots of the rollout objective
     a_mask = batch["action_tgt_mask"]
     if a_mask.any():
         idx = a_mask.nonzero(as_tuple=True)
@@ -68,8 +72,15 @@ def grounding_losses(model: RolloutModel, batch: dict[str, torch.Tensor],
             err = F.cross_entropy(pred, tgt, reduction="none")
             acc = (pred.argmax(-1) == tgt).float().mean()
             out["rollout_action_acc"] = acc.detach()
+        elif model.bins:
+            err = action_bin_loss(model, pred, tgt)
         else:
             err = ((pred - tgt.float()) ** 2).mean(-1)
+        if model.spec.action_type == "continuous":
+            with torch.no_grad():  # comparable across heads: mean absolute error, action units
+                greedy = (model.bin_values(pred.argmax(-1)) if model.bins
+                          else model.clip_actions(pred))
+                out["rollout_action_mae"] = (greedy - tgt.float()).abs().mean().detach()
         full = torch.zeros(a_mask.shape, dtype=err.dtype, device=err.device)
         full[idx] = err
         per, has = _per_sample_mean(full, a_mask)
@@ -96,6 +107,15 @@ def grounding_losses(model: RolloutModel, batch: dict[str, torch.Tensor],
     out["loss"] = weights.state * state_loss + weights.action * action_loss + \
         weights.text * text_loss
     return out
+
+
+def action_bin_loss(model: RolloutModel, logits: torch.Tensor, actions: torch.Tensor
+                    ) -> torch.Tensor:
+    """Per position: the mean over action dimensions of the cross-entropy of the bin logits
+    (N, action_dim, bins) against each dimension's nearest bin."""
+    target = model.action_bin(actions)
+    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+    return ce.view(target.shape).mean(-1)
 
 
 class GroundingObjective(torch.nn.Module):

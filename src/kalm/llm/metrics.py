@@ -1,6 +1,8 @@
 """Grounding metrics on held-out episodes, saved with the model.
 
-- rollout objective, teacher-forced: action accuracy and next-state error;
+- rollout objective, teacher-forced: action accuracy (discrete) or, for continuous actions, the
+  greedy action's absolute error and sign agreement per dimension (generic: which dimension is
+  a gripper is the env's business; Meta-World's is the last), and next-state error;
 - dynamics objective: next-state MSE (normalised) and error in metres;
 - consequence objective: final-state error in metres;
 - explanation: greedy-decoded goal text judged by the env's `explanation_correct` hook (CLEVR:
@@ -31,8 +33,10 @@ def _batches(seqs, size):
 
 
 @torch.no_grad()
-def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs, batch_size: int = 16):
-    """Per-target (normalised squared error, metres error per ball) and action hits."""
+def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs, batch_size: int = 16,
+                  actions: list | None = None):
+    """Per-target (normalised squared error, metres error per ball) and action hits; with a
+    list in `actions`, (greedy, target) pairs of continuous actions are appended to it."""
     spec = model.spec
     device = model_device(model)
     norm_sq, metres, hits = [], [], []
@@ -53,9 +57,33 @@ def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs, batch_size:
         if idx[0].numel() and spec.action_type == "discrete":
             hit = model.predict_action(h[idx]).argmax(-1) == b["action_tgt"][idx]
             hits.append(hit.float().cpu())
+        elif idx[0].numel() and actions is not None:
+            actions.append((model.greedy_action(h[idx]).float().cpu(),
+                            b["action_tgt"][idx].float().cpu()))
     def cat(xs):
         return (torch.cat(xs) if xs else torch.zeros(0))
     return cat(norm_sq), cat(metres), cat(hits)
+
+
+def action_summary(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """Continuous actions, greedy vs. the data: mean absolute error (overall and per
+    dimension) and, per dimension, the share of steps whose sign agrees (targets at exactly 0
+    are left out; None where every target is 0). On a near-binary channel such as a gripper
+    the sign is the decision that matters, which the MAE blurs."""
+    if not pairs:
+        return {}
+    pred = torch.cat([p for p, _ in pairs])
+    tgt = torch.cat([t for _, t in pairs])
+    err = (pred - tgt).abs()
+    signed = tgt != 0
+    agree = (torch.sign(pred) == torch.sign(tgt)) & signed
+    counts = signed.sum(0)
+    return {"action_mae": float(err.mean()),
+            "action_mae_per_dim": [float(v) for v in err.mean(0)],
+            "action_sign_accuracy_per_dim": [
+                float(a) / int(n) if int(n) else None
+                for a, n in zip(agree.sum(0), counts, strict=True)],
+            "action_steps": len(tgt)}
 
 
 def _summary(norm_sq: torch.Tensor, abs_err: torch.Tensor) -> dict[str, float]:
@@ -121,7 +149,8 @@ def grounding_metrics(model: RolloutModel, builder: PromptBuilder, data: Episode
             texts.append(choices[int(rng.integers(len(choices)))])
         rollout = [builder.rollout(t, ep.observations, ep.actions)
                    for t, ep in zip(texts, eps, strict=True)]
-        sq, ab, hits = _state_errors(model, builder, rollout)
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        sq, ab, hits = _state_errors(model, builder, rollout, actions=pairs)
         dyn = [builder.dynamics(ep.observations[t], ep.actions[t], ep.observations[t + 1])
                for ep in eps for t in range(ep.length)]
         dsq, dab, _ = _state_errors(model, builder, dyn)
@@ -131,7 +160,7 @@ def grounding_metrics(model: RolloutModel, builder: PromptBuilder, data: Episode
         result.update({
             "rollout_teacher_forced": {**_summary(sq, ab),
                                        "action_accuracy": float(hits.mean()) if hits.numel()
-                                       else None},
+                                       else None, **action_summary(pairs)},
             "dynamics": _summary(dsq, dab),
             "consequence": _summary(csq, cab),
         })

@@ -4,6 +4,14 @@ One class serves training, generation and the LLM-as-policy baseline (defect P1 
 code was a different class for each). Numbers enter the sequence at single positions: a state
 embedding replaces the token embedding at a state slot, an action embedding at an action slot.
 Heads read the backbone's final hidden states; the backbone's own LM head stays for text.
+
+Continuous actions have two heads (`ModelConfig.action_head`): `regression`, the paper's MSE on
+the action vector, and `bins`, a softmax per action dimension over evenly spaced values between
+the action bounds. Scripted arm data is saturated at the bounds and its gripper channel is nearly
+binary; a regression head averages such targets towards the middle, a bin head can put its mass
+on the bound itself, and it gives a likelihood (for sampling and the log-probability signal).
+Generated continuous actions are clipped to the spec's bounds, so what is fed back and stored is
+an action the env would execute unchanged.
 """
 
 from __future__ import annotations
@@ -30,13 +38,19 @@ class RolloutSpec:
     action_dim: int
     state_low: tuple[float, ...] | None = None  # reachable box, for clamping predictions
     state_high: tuple[float, ...] | None = None
+    # continuous actions: the env's bounds (generated actions are clipped to them; the bin head
+    # spans them). Absent in models saved before they existed.
+    action_low: tuple[float, ...] | None = None
+    action_high: tuple[float, ...] | None = None
 
     @classmethod
     def for_env(cls, definition: EnvDefinition, env: str | None = None) -> RolloutSpec:
         """The spec of an env definition; `env` is the string that finds it again later."""
         s = definition.episode_spec(env)
+        low, high = definition.action_low, definition.action_high
         return cls(s.env, s.obs_dim, s.action_type, s.action_dim, tuple(definition.state_low),
-                   tuple(definition.state_high))
+                   tuple(definition.state_high), None if low is None else tuple(low),
+                   None if high is None else tuple(high))
 
     def __post_init__(self) -> None:
         if self.action_type not in ("discrete", "continuous"):
@@ -45,6 +59,27 @@ class RolloutSpec:
             v = getattr(self, name)
             if v is not None and len(v) != self.obs_dim:
                 raise ValueError(f"{name} has {len(v)} values, expected obs_dim={self.obs_dim}")
+        if (self.action_low is None) != (self.action_high is None):
+            raise ValueError("give both action_low and action_high, or neither")
+        if self.action_low is not None:
+            if self.action_type != "continuous":
+                raise ValueError("action_low/action_high are for continuous actions")
+            for name in ("action_low", "action_high"):
+                if len(getattr(self, name)) != self.action_dim:
+                    raise ValueError(f"{name} has {len(getattr(self, name))} values, expected "
+                                     f"action_dim={self.action_dim}")
+            if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
+                raise ValueError("action_low must be below action_high in every dimension")
+
+    @property
+    def action_bounds(self) -> bool:
+        return self.action_low is not None
+
+
+ACTION_HEADS = ("regression", "bins")
+# training std below this counts as a constant dimension (e.g. an entity block that is always
+# zero in the training tasks): it is normalised with std 1, not divided by ~0
+DEGENERATE_STD = 1e-6
 
 
 @dataclass
@@ -54,11 +89,21 @@ class ModelConfig:
     state_head: str = "residual"  # "absolute": predict s'; "residual": predict s' - s
     clamp_states: bool = True  # clamp generated states to the spec's reachable box
     extra: dict[str, Any] = field(default_factory=dict)
+    # continuous actions only (discrete ones always get a softmax over the actions):
+    # "regression" = the paper's MSE head; "bins" = per-dimension cross-entropy over
+    # `action_bins` values spanning [action_low, action_high] (needs the spec's bounds)
+    action_head: str = "regression"
+    action_bins: int = 21
 
     def __post_init__(self) -> None:
         if self.state_head not in ("absolute", "residual"):
             raise ValueError(
                 f"state_head must be 'absolute' or 'residual', not {self.state_head!r}")
+        if self.action_head not in ACTION_HEADS:
+            raise ValueError(f"action_head must be one of {', '.join(ACTION_HEADS)}, not "
+                             f"{self.action_head!r}")
+        if self.action_bins < 2:
+            raise ValueError(f"action_bins must be at least 2, got {self.action_bins}")
 
 
 class RolloutModel(nn.Module):
@@ -77,7 +122,10 @@ class RolloutModel(nn.Module):
         else:
             self.action_embed = nn.Linear(spec.action_dim, hidden)
         self.state_head = nn.Linear(hidden, spec.obs_dim)
-        n_out = spec.action_dim
+        self.bins = spec.action_type == "continuous" and self.config.action_head == "bins"
+        if self.bins and not spec.action_bounds:
+            raise ValueError("the bin action head needs the spec's action_low/action_high")
+        n_out = spec.action_dim * (self.config.action_bins if self.bins else 1)
         self.action_head = nn.Linear(hidden, n_out)
         # start the new inputs at the scale of the token embeddings, the heads small
         scale = float(tok.weight.detach().float().std())
@@ -99,6 +147,20 @@ class RolloutModel(nn.Module):
         high = spec.state_high if spec.state_high is not None else [float("inf")] * spec.obs_dim
         self.register_buffer("state_low", torch.tensor(low, dtype=torch.float32))
         self.register_buffer("state_high", torch.tensor(high, dtype=torch.float32))
+        # from the spec (saved in the metadata), so not part of the saved weights
+        a_low = spec.action_low if spec.action_bounds else [-float("inf")] * spec.action_dim
+        a_high = spec.action_high if spec.action_bounds else [float("inf")] * spec.action_dim
+        self.register_buffer("action_low", torch.tensor(a_low, dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("action_high", torch.tensor(a_high, dtype=torch.float32),
+                             persistent=False)
+        if self.bins:
+            steps = torch.linspace(0.0, 1.0, self.config.action_bins)
+            centres = self.action_low[:, None] + steps[None] * (
+                self.action_high - self.action_low)[:, None]
+        else:
+            centres = torch.zeros(0)
+        self.register_buffer("bin_centres", centres, persistent=False)  # (action_dim, bins)
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -111,8 +173,12 @@ class RolloutModel(nn.Module):
         return _unwrap(self.backbone).get_output_embeddings()
 
     def set_normalizer(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Constant dimensions get std 1: dividing by a clamped ~0 std would multiply whatever
+        differs there from the training constant (an unseen task's entity block in s0, a
+        residual head's base state) by up to 1e6 on its way into the embedding and the loss."""
+        std = torch.as_tensor(std, dtype=torch.float32)
         self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+        self.state_std.copy_(torch.where(std < DEGENERATE_STD, torch.ones_like(std), std))
 
     def normalize(self, s: torch.Tensor) -> torch.Tensor:
         return (s - self.state_mean) / self.state_std
@@ -171,8 +237,49 @@ class RolloutModel(nn.Module):
         return z
 
     def predict_action(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits (discrete) or an action vector (continuous)."""
-        return self.action_head(h.float())
+        """Logits (..., n) for discrete actions; for continuous ones the action vector
+        (..., action_dim) of the regression head or the bin logits (..., action_dim, bins)."""
+        out = self.action_head(h.float())
+        if self.bins:
+            return out.unflatten(-1, (self.spec.action_dim, self.config.action_bins))
+        return out
+
+    def action_bin(self, actions: torch.Tensor) -> torch.Tensor:
+        """The nearest bin per dimension of continuous actions (..., action_dim), as indices."""
+        k = self.config.action_bins
+        unit = (actions.float() - self.action_low) / (self.action_high - self.action_low)
+        return (unit * (k - 1)).round().clamp(0, k - 1).long()
+
+    def bin_values(self, index: torch.Tensor) -> torch.Tensor:
+        """Bin indices (..., action_dim) -> the action values at their centres."""
+        centres = self.bin_centres.expand(*index.shape, -1)
+        return centres.gather(-1, index[..., None])[..., 0]
+
+    def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Continuous actions inside the spec's bounds (a no-op without bounds)."""
+        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+
+    def greedy_action(self, h: torch.Tensor) -> torch.Tensor:
+        """The most likely action: argmax index (discrete), the clipped vector (regression),
+        the argmax bin's centre per dimension (bins)."""
+        out = self.predict_action(h)
+        if self.spec.action_type == "discrete":
+            return out.argmax(-1)
+        if self.bins:
+            return self.bin_values(out.argmax(-1))
+        return self.clip_actions(out)
+
+    def action_log_prob(self, h: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        """log p(action | h) per position; for bins the joint log-probability of the actions'
+        nearest bins (dimensions are independent given h). None for the regression head: it
+        has no likelihood."""
+        if self.spec.action_type == "discrete":
+            logp = torch.log_softmax(self.predict_action(h), -1)
+            return logp.gather(-1, actions.long()[..., None])[..., 0]
+        if not self.bins:
+            return None
+        logp = torch.log_softmax(self.predict_action(h), -1)
+        return logp.gather(-1, self.action_bin(actions)[..., None])[..., 0].sum(-1)
 
     def clamp(self, states: torch.Tensor) -> torch.Tensor:
         if not self.config.clamp_states:

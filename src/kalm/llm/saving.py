@@ -1,9 +1,9 @@
 """Building a rollout model (LoRA or full fine-tuning) and saving/loading it.
 
-A saved model is a folder with `kalm_model.json` (backbone identity, env spec, representation,
-adapter) and `weights.safetensors` (every trained parameter: LoRA and the new layers, or the
-whole model for full fine-tuning, plus the state normaliser). The JSON is written last, so a
-folder without it is incomplete.
+A saved model is a folder with `kalm_model.json` (backbone identity, env spec, representation
+including the action head kind, adapter) and `weights.safetensors` (every trained parameter:
+LoRA and the new layers, or the whole model for full fine-tuning, plus the state normaliser).
+The JSON is written last, so a folder without it is incomplete.
 """
 
 from __future__ import annotations
@@ -162,6 +162,30 @@ def check_spec(meta: dict[str, Any], spec: RolloutSpec, where: str) -> None:
             f"{({k: getattr(spec, k) for k in keys})}")
 
 
+# representation choices that change what the trained weights mean (models saved before a field
+# existed have its default)
+_REPRESENTATION = {"state_head": "residual", "action_head": "regression", "action_bins": 21}
+
+
+def _representation(model: dict[str, Any], action_type: str) -> dict[str, Any]:
+    rep = {k: model.get(k, default) for k, default in _REPRESENTATION.items()}
+    if action_type != "continuous":  # discrete actions have one head whatever the setting
+        del rep["action_head"], rep["action_bins"]
+    elif rep["action_head"] != "bins":
+        del rep["action_bins"]
+    return rep
+
+
+def check_model(meta: dict[str, Any], config: ModelConfig, where: str) -> None:
+    """Refuse weights trained for another representation (e.g. a bin action head loaded as a
+    regression head), naming both."""
+    action_type = meta["spec"]["action_type"]
+    saved = _representation(meta.get("model", {}), action_type)
+    wanted = _representation(asdict(config), action_type)
+    if saved != wanted:
+        raise CheckpointMismatch(f"{where} was trained with {saved}, not {wanted}")
+
+
 def _fmt(ident: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in ident.items() if k != "digest")
 
@@ -179,12 +203,22 @@ def model_from_meta(meta: dict[str, Any], backbone: Backbone | None, where: str
 
 
 def load_rollout_model(folder: str | Path, backbone: Backbone | None = None,
-                       spec: RolloutSpec | None = None) -> tuple[RolloutModel, dict[str, Any]]:
-    """Rebuild a saved model on its backbone (loaded from the stored name unless given)."""
+                       spec: RolloutSpec | None = None, config: ModelConfig | None = None
+                       ) -> tuple[RolloutModel, dict[str, Any]]:
+    """Rebuild a saved model on its backbone (loaded from the stored name unless given).
+
+    `spec` / `config`: what the caller expects (CheckpointMismatch when the model was made for
+    another env or representation). A model saved before specs carried action bounds takes
+    them from `spec`, so its generated actions are clipped too."""
     folder = Path(folder)
     meta = read_meta(folder)
     if spec is not None:
         check_spec(meta, spec, str(folder))
+        if meta["spec"].get("action_low") is None and spec.action_bounds:
+            meta = {**meta, "spec": {**meta["spec"], "action_low": list(spec.action_low),
+                                     "action_high": list(spec.action_high)}}
+    if config is not None:
+        check_model(meta, config, str(folder))
     model = model_from_meta(meta, backbone, str(folder))
     load_trainable_state(model, load_file(str(folder / WEIGHTS)), str(folder / WEIGHTS))
     model.eval()

@@ -27,12 +27,13 @@ from kalm.llm.backbone import Backbone, load_backbone
 from kalm.llm.batching import Collator, GroundingSamples, Paraphrases
 from kalm.llm.device import model_device, resolve_bf16, resolve_device, to_device
 from kalm.llm.losses import GroundingObjective, LossWeights, grounding_losses
-from kalm.llm.model import ModelConfig, RolloutModel, RolloutSpec
+from kalm.llm.model import DEGENERATE_STD, ModelConfig, RolloutModel, RolloutSpec
 from kalm.llm.prompts import OBJECTIVES, PromptBuilder
 from kalm.llm.saving import (
     AdapterConfig,
     build_rollout_model,
     check_backbone,
+    check_model,
     check_spec,
     load_trainable_state,
     model_from_meta,
@@ -172,11 +173,17 @@ def split_episodes(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 def state_statistics(data: EpisodeData) -> tuple[np.ndarray, np.ndarray]:
-    """Per-coordinate mean/std over every valid state of the training episodes."""
+    """Per-coordinate mean/std over every valid state of the training episodes.
+
+    A coordinate that never varies (an entity block unused by every training task is exactly
+    zero) gets std 1: with the 1e-3 floor the others get, a value there that the training data
+    never showed (an easy task's entity in s0) would enter the state embedding, and the residual
+    head's base, amplified 1000x."""
     t = np.arange(data.observations.shape[1])[None, :]
     valid = t <= data.lengths[:, None]
     states = data.observations[valid]
-    return states.mean(0), states.std(0) + 1e-3
+    std = states.std(0)
+    return states.mean(0), np.where(std < DEGENERATE_STD, np.ones_like(std), std + 1e-3)
 
 
 class WarmupCosine:
@@ -400,6 +407,25 @@ def fit_budget(cfg: GroundConfig, step: int, elapsed_s: float, step_s: float, ev
     return total, plan
 
 
+def throughput(step_times: list[float], token_counts: list[tuple[int, int]]
+               ) -> dict[str, float | None]:
+    """Tokens per step and per second of this process (the first step warms up and is left
+    out, as in `step_seconds`), and the share of padding in the batches: long prompts (a
+    100-step Meta-World rollout is ~10x a CLEVR one) make the step time, and padding shows
+    what packing could win back."""
+    n = min(len(step_times), len(token_counts))
+    pairs = list(zip(step_times[:n], token_counts[:n], strict=True))
+    timed = pairs[1:] if len(pairs) > 1 else pairs
+    if not timed:
+        return {"tokens_per_step": None, "tokens_per_second": None, "padding_share": None}
+    seconds = sum(t for t, _ in timed)
+    real = sum(c[0] for _, c in timed)
+    padded = sum(c[1] for _, c in timed)
+    return {"tokens_per_step": real / len(timed),
+            "tokens_per_second": real / seconds if seconds > 0 else None,
+            "padding_share": 1 - real / padded if padded else None}
+
+
 def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = None,
            progress: bool = True, spec: RolloutSpec | None = None,
            paraphrases: Paraphrases | None = None) -> dict[str, Any]:
@@ -438,6 +464,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         state = torch.load(last, map_location="cpu", weights_only=False)
         check_backbone(state["meta"], g.backbone, str(last))
         check_spec(state["meta"], g.spec, str(last))
+        check_model(state["meta"], cfg.model, str(last))
         load_trainable_state(model, state["model"], str(last))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -498,6 +525,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
     step = start
     probe_steps = max(1, min(BUDGET_PROBE_STEPS, cfg.warmup_steps + 1))
     step_times: list[float] = []
+    token_counts: list[tuple[int, int]] = []
     bar = tqdm(total=total, initial=start, desc="ground", unit="step",
                disable=not (progress and acc.is_main_process))
     running: dict[str, float] = {}
@@ -505,6 +533,8 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
     for batch in loader:
         if total is not None and step >= total:
             break
+        attn = batch["attention_mask"]
+        token_counts.append((int(attn.sum()), attn.numel()))  # (real tokens, padded width)
         with acc.autocast():
             losses = objective(batch)
         acc.backward(losses["loss"])
@@ -522,7 +552,8 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
                          if k != "rollout_action_acc"})
         if log is not None:
             log.write(step, "train", {**values, "lr": scheduler.get_last_lr()[0],
-                                      "elapsed_s": time.time() - t0})
+                                      "elapsed_s": time.time() - t0,
+                                      "tokens": token_counts[-1][0]})
         step_times.append(time.perf_counter() - mark)
         fitted_now = total is None and step >= probe_steps
         if fitted_now:
@@ -560,7 +591,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
     result: dict[str, Any] = {"steps": step, "steps_planned": total,
                               "train_seconds": time.time() - t0,
                               "step_seconds": float(np.mean(timed)) if timed else None,
-                              **precision}
+                              **throughput(step_times, token_counts), **precision}
     if plan is not None:
         result["budget"] = plan
     if acc.is_main_process:
