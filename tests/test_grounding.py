@@ -491,3 +491,41 @@ def test_new_layers_learn_at_head_lr_scale_times_the_adapter_rate(tmp_path, toke
     assert [len(g["params"]) for g in split] == [1, 2] and split[1]["lr"] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="head_lr_scale"):
         GroundConfig(head_lr_scale=0.0)
+
+
+def test_delta_state_head_predicts_and_scores_in_the_change_s_own_units(tokenizer):
+    """A zero head output means 'the average change'; the error of a prediction is measured in
+    units of the change's own spread, not of the state's."""
+    model = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(state_head="delta"),
+                                AdapterConfig(lora_r=4))
+    model.set_normalizer(torch.full((10,), 1.0), torch.full((10,), 2.0))
+    model.set_delta_normalizer(torch.full((10,), 0.1), torch.full((10,), 0.5))
+    with torch.no_grad():
+        model.state_head.weight.zero_()
+        model.state_head.bias.zero_()
+    h = torch.zeros(1, model.backbone.config.hidden_size)
+    base = torch.full((1, 10), 3.0)
+    z = model.predict_state(h, base)
+    torch.testing.assert_close(model.denormalize(z), torch.full((1, 10), 3.1))
+    # off by 0.5 m in every coordinate: one delta-std (0.5), i.e. squared error 1.0; the
+    # residual head scores the same miss in state-std units (2.0): 0.0625
+    target = torch.full((1, 10), 3.6)
+    torch.testing.assert_close(model.state_error(z, target), torch.tensor([1.0]))
+    residual = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(), AdapterConfig(lora_r=4))
+    residual.set_normalizer(torch.full((10,), 1.0), torch.full((10,), 2.0))
+    z_res = residual.normalize(torch.full((1, 10), 3.1))
+    torch.testing.assert_close(residual.state_error(z_res, target), torch.tensor([0.0625]))
+
+
+def test_delta_state_head_saves_its_statistics(tmp_path, tokenizer):
+    """The change statistics of the training split travel with the saved model."""
+    from kalm.llm.train import delta_statistics, split_episodes
+
+    _train(tmp_path, tokenizer, "d", steps=2, model=ModelConfig(state_head="delta"))
+    model, _ = load_rollout_model(tmp_path / "d", backbone=fresh(tokenizer))
+    assert model.config.state_head == "delta"
+    data = episodes(12)
+    train_idx, _ = split_episodes(len(data), GroundConfig().val_fraction, 0)
+    mean, std = delta_statistics(data.subset(train_idx))
+    torch.testing.assert_close(model.delta_mean, torch.from_numpy(mean).float())
+    torch.testing.assert_close(model.delta_std, torch.from_numpy(std).float())

@@ -45,12 +45,12 @@ def grounding_losses(model: RolloutModel, batch: dict[str, torch.Tensor],
     zero = h.new_zeros((), dtype=torch.float32)
     out: dict[str, torch.Tensor] = {}
 
-    # states: MSE in normalised units at the target positions
+    # states: MSE in the state head's units at the target positions
     s_mask = batch["state_tgt_mask"]
     if s_mask.any():
         idx = s_mask.nonzero(as_tuple=True)
         pred = model.predict_state(h[idx], batch["state_base"][idx])
-        err = ((pred - model.normalize(batch["state_tgt"][idx])) ** 2).mean(-1)
+        err = model.state_error(pred, batch["state_tgt"][idx])
         full = torch.zeros(s_mask.shape, dtype=err.dtype, device=err.device)
         full[idx] = err
         per, has = _per_sample_mean(full, s_mask)

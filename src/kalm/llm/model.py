@@ -80,13 +80,18 @@ ACTION_HEADS = ("regression", "bins")
 # training std below this counts as a constant dimension (e.g. an entity block that is always
 # zero in the training tasks): it is normalised with std 1, not divided by ~0
 DEGENERATE_STD = 1e-6
+STATE_HEADS = ("absolute", "residual", "delta")
 
 
 @dataclass
 class ModelConfig:
     """How states are represented (compared in docs/results.md)."""
 
-    state_head: str = "residual"  # "absolute": predict s'; "residual": predict s' - s
+    # "absolute": predict s'; "residual": predict s' - s in state-normalised units; "delta":
+    # predict s' - s standardised by the training data's own per-coordinate change statistics
+    # and fit it in those units (a push moves one ball a few cm: in state-normalised units the
+    # change, and so the state loss, is tiny next to the action loss)
+    state_head: str = "residual"
     clamp_states: bool = True  # clamp generated states to the spec's reachable box
     extra: dict[str, Any] = field(default_factory=dict)
     # continuous actions only (discrete ones always get a softmax over the actions):
@@ -96,9 +101,9 @@ class ModelConfig:
     action_bins: int = 21
 
     def __post_init__(self) -> None:
-        if self.state_head not in ("absolute", "residual"):
-            raise ValueError(
-                f"state_head must be 'absolute' or 'residual', not {self.state_head!r}")
+        if self.state_head not in STATE_HEADS:
+            raise ValueError(f"state_head must be one of {', '.join(STATE_HEADS)}, "
+                             f"not {self.state_head!r}")
         if self.action_head not in ACTION_HEADS:
             raise ValueError(f"action_head must be one of {', '.join(ACTION_HEADS)}, not "
                              f"{self.action_head!r}")
@@ -143,6 +148,8 @@ class RolloutModel(nn.Module):
             nn.init.zeros_(self.action_head.bias)
         self.register_buffer("state_mean", torch.zeros(spec.obs_dim))
         self.register_buffer("state_std", torch.ones(spec.obs_dim))
+        self.register_buffer("delta_mean", torch.zeros(spec.obs_dim))  # used by "delta" only
+        self.register_buffer("delta_std", torch.ones(spec.obs_dim))
         low = spec.state_low if spec.state_low is not None else [-float("inf")] * spec.obs_dim
         high = spec.state_high if spec.state_high is not None else [float("inf")] * spec.obs_dim
         self.register_buffer("state_low", torch.tensor(low, dtype=torch.float32))
@@ -179,6 +186,10 @@ class RolloutModel(nn.Module):
         std = torch.as_tensor(std, dtype=torch.float32)
         self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.state_std.copy_(torch.where(std < DEGENERATE_STD, torch.ones_like(std), std))
+
+    def set_delta_normalizer(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.delta_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.delta_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
     def normalize(self, s: torch.Tensor) -> torch.Tensor:
         return (s - self.state_mean) / self.state_std
@@ -230,11 +241,21 @@ class RolloutModel(nn.Module):
     def predict_state(self, h: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
         """Normalised next-state prediction; `base` (raw) is the state it starts from."""
         z = self.state_head(h.float())
-        if self.config.state_head == "residual":
-            if base is None:
-                raise ValueError("a residual state head needs the base state")
-            z = z + self.normalize(base.float())
-        return z
+        if self.config.state_head == "absolute":
+            return z
+        if base is None:
+            raise ValueError(f"a {self.config.state_head} state head needs the base state")
+        if self.config.state_head == "delta":
+            z = (self.delta_mean + z * self.delta_std) / self.state_std
+        return z + self.normalize(base.float())
+
+    def state_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-position squared error of normalised predictions against raw targets, in the
+        units the state head is fitted in (the change's own scale for "delta")."""
+        diff = pred - self.normalize(target.float())
+        if self.config.state_head == "delta":
+            diff = diff * (self.state_std / self.delta_std)
+        return (diff ** 2).mean(-1)
 
     def predict_action(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (..., n) for discrete actions; for continuous ones the action vector

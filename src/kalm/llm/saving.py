@@ -25,6 +25,11 @@ FORMAT = "kalm-rollout-model-1"
 META = "kalm_model.json"
 WEIGHTS = "weights.safetensors"
 _BUFFERS = ("state_mean", "state_std", "state_low", "state_high")
+_DELTA_BUFFERS = ("delta_mean", "delta_std")  # saved by "delta" state heads only
+
+
+def _buffers(model: RolloutModel) -> tuple[str, ...]:
+    return _BUFFERS + (_DELTA_BUFFERS if model.config.state_head == "delta" else ())
 
 
 class CheckpointMismatch(ValueError):
@@ -88,16 +93,17 @@ def _existing_targets(lm: torch.nn.Module, targets: list[str]) -> list[str]:
 def trainable_state(model: RolloutModel) -> dict[str, torch.Tensor]:
     state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
              if p.requires_grad}
-    for b in _BUFFERS:
+    for b in _buffers(model):
         state[b] = getattr(model, b).detach().cpu().contiguous()
     return state
 
 
 def load_trainable_state(model: RolloutModel, state: dict[str, torch.Tensor],
                          where: str) -> None:
-    expected = {n for n, p in model.named_parameters() if p.requires_grad} | set(_BUFFERS)
+    buffers = set(_buffers(model))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad} | buffers
     missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - {n for n, _ in model.named_parameters()} - set(_BUFFERS))
+    unexpected = sorted(set(state) - {n for n, _ in model.named_parameters()} - buffers)
     if missing or unexpected:
         raise CheckpointMismatch(
             f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected "

@@ -186,6 +186,16 @@ def state_statistics(data: EpisodeData) -> tuple[np.ndarray, np.ndarray]:
     return states.mean(0), np.where(std < DEGENERATE_STD, np.ones_like(std), std + 1e-3)
 
 
+def delta_statistics(data: EpisodeData) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coordinate mean/std of the one-step state changes of the training episodes (a
+    coordinate that never changes gets std 1, as in `state_statistics`)."""
+    t = np.arange(data.observations.shape[1] - 1)[None, :]
+    valid = t < data.lengths[:, None]
+    deltas = (data.observations[:, 1:] - data.observations[:, :-1])[valid]
+    std = deltas.std(0)
+    return deltas.mean(0), np.where(std < DEGENERATE_STD, np.ones_like(std), std + 1e-3)
+
+
 class WarmupCosine:
     """Linear warmup, then cosine decay to `min_ratio` at step `total`.
 
@@ -297,6 +307,9 @@ class Grounder:
         self.model = build_rollout_model(self.backbone, self.spec, cfg.model, cfg.adapter)
         mean, std = state_statistics(self.train_data)
         self.model.set_normalizer(torch.from_numpy(mean), torch.from_numpy(std))
+        if cfg.model.state_head == "delta":
+            d_mean, d_std = delta_statistics(self.train_data)
+            self.model.set_delta_normalizer(torch.from_numpy(d_mean), torch.from_numpy(d_std))
         self.builder = PromptBuilder(self.backbone.tokenizer)
         self.paraphrases = paraphrases if paraphrases is not None else self._paraphrases()
         steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
