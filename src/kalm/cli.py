@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from kalm.rl.algos import ALGOS  # names only: d3rlpy is imported when an algorithm is built
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kalm")
@@ -552,9 +554,15 @@ def signals(imagined_files, dynamics_dir, model_dir, real, real_episodes, out) -
         click.echo(f"wrote {out}")
 
 
+ALGO_HELP = ("d3rlpy algorithm (paper hyper-parameters); the data's action type picks the "
+             "version: bc, cql for either (discrete or continuous), bcq, sac discrete only, "
+             "td3bc (the paper's for Meta-World), iql continuous only. Continuous cql is slow "
+             "(hours per 100k steps on a CPU).")
+
+
 @main.command()
-@click.option("--algo", type=click.Choice(["bc", "cql", "bcq", "sac"]), default="cql",
-              show_default=True, help="d3rlpy discrete algorithm (paper hyper-parameters).")
+@click.option("--algo", type=click.Choice(ALGOS), default="cql", show_default=True,
+              help=ALGO_HELP)
 @click.option("--real", required=True, type=click.Path(dir_okay=False),
               help="Real episode file.")
 @click.option("--imagined", multiple=True, type=click.Path(dir_okay=False),
@@ -604,8 +612,8 @@ def train(algo, real, imagined, imagined_ratio, steps, out, seed, save_every, co
 
 
 @main.command()
-@click.option("--algo", type=click.Choice(["bc", "cql", "bcq", "sac"]), default="cql",
-              show_default=True)
+@click.option("--algo", type=click.Choice(ALGOS), default="cql", show_default=True,
+              help=ALGO_HELP)
 @click.option("--real", required=True, type=click.Path(dir_okay=False))
 @click.option("--imagined", multiple=True, metavar="LEVEL=FILE",
               help="Imagined episodes for a level, e.g. rephrase=im-rephrase.h5 (repeatable).")
@@ -620,12 +628,20 @@ def train(algo, real, imagined, imagined_ratio, steps, out, seed, save_every, co
 @click.option("--imagined-ratio", type=float, default=0.5, show_default=True,
               help="Share of each KALM batch drawn from the imagined data (1:1 = 0.5).")
 @click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--env", default=None,
+              help="Env the policies are evaluated in (default: the env the real data names).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def compare(algo, real, imagined, seeds, steps, episodes, easy_episodes, suite_file, levels,
-            imagined_ratio, workers, out) -> None:
+            imagined_ratio, workers, env, out) -> None:
     """Real-only baseline vs KALM per level over seeds: table, JSON and bar plot (resumable)."""
+    from kalm.data.episodes import EpisodeFileError, read_episodes
     from kalm.eval.compare import CompareConfig, run_compare
 
+    if env is None:
+        try:
+            env = read_episodes(real).spec.env
+        except (EpisodeFileError, OSError) as exc:
+            _fail(exc)
     pairs = {}
     for item in imagined:
         level, sep, path = item.partition("=")
@@ -635,7 +651,7 @@ def compare(algo, real, imagined, seeds, steps, episodes, easy_episodes, suite_f
     cfg = CompareConfig(real=real, out=out, imagined=pairs, algo=algo, seeds=list(seeds),
                         steps=steps, episodes=episodes, easy_episodes=easy_episodes,
                         suite_file=suite_file, levels=levels.split(","), workers=workers,
-                        imagined_ratio=imagined_ratio)
+                        imagined_ratio=imagined_ratio, env=env)
     try:
         summary = run_compare(cfg)
     except (ValueError, FileNotFoundError) as exc:

@@ -407,6 +407,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
 def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) every stage; returns the report's markdown path."""
+    cfg.check_algos()
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, root / CONFIG_FILE)

@@ -35,6 +35,7 @@ from kalm.imagination.dynamics import DynamicsConfig
 from kalm.imagination.labelling import LabelConfig, labelled_file
 from kalm.imagination.shooting import ShootingConfig
 from kalm.llm.train import GroundConfig
+from kalm.rl.algos import ALGOS, check_algo
 
 CONFIG_FILE = "run_config.yaml"
 RECORD = "stage.json"
@@ -241,6 +242,9 @@ class RunConfig:
         if not self.seeds:
             raise ConfigError("seeds: at least one seed is needed")
         for algo in self.rl.algos:
+            if algo not in ALGOS:
+                raise ConfigError(f"rl.algos: unknown algo {algo!r}; expected one of "
+                                  f"{', '.join(ALGOS)}")
             if algo not in self.rl.steps:
                 raise ConfigError(f"rl.steps has no entry for algo {algo!r}")
         votes = self.label.min_votes
@@ -266,6 +270,21 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"rl.level_ratios: levels {sorted(unknown)} are not imagined "
                               f"(imagine.levels: {list(self.imagine.levels)})")
+
+    def check_algos(self) -> None:
+        """Refuse algorithms that cannot act in the env's action space (td3bc on CLEVR, bcq on
+        Meta-World) before any stage runs, not at the train stage an hour later."""
+        from kalm.envs.registry import EnvError, get_env
+
+        try:
+            action_type = get_env(self.env).spec.action_type
+        except EnvError as exc:
+            raise ConfigError(f"env: {exc}") from None
+        for algo in self.rl.algos:
+            try:
+                check_algo(algo, action_type, self.env)
+            except ValueError as exc:
+                raise ConfigError(f"rl.algos: {exc}") from None
 
     @property
     def run_dir(self) -> Path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def train_identity(tc: TrainConfig) -> dict[str, Any]:
     """What decides a trained policy (not where its files are, nor how often it checkpoints:
     resuming is exact)."""
     return {"kind": "kalm train", "real": file_identity(tc.real),
-            "imagined": [file_identity(p) for p in tc.imagined], "algo": asdict(tc.algo),
+            "imagined": [file_identity(p) for p in tc.imagined], "algo": tc.algo.identity(),
             "steps": tc.steps, "seed": tc.seed,
             "imagined_ratio": tc.imagined_ratio if tc.imagined else None,
             "text_encoder": tc.text_encoder}

@@ -4,6 +4,11 @@ Episode i takes goal i mod G of the suite (per level), one paraphrase drawn per 
 suite's `init` or a reset seeded by (seed, i), and success by the env's own signal
 (`info["is_success"]` at some step; envs that never terminate still count).
 
+Where goal dicts name a task (`goal["task"]`, as Meta-World's do: a level mixes tasks of very
+different difficulty), each level also reports success per task; envs whose goals have no task
+get the per-level numbers only. Continuous and discrete policies run the same way: the action
+type is the env's and the policy's business.
+
 Policies with a batched `act_batch` (trained policies) step `vector_envs` environments per
 worker side by side with one forward pass per step across them; other policies (the expert,
 which reads the live simulator, the LLM baseline) run one episode at a time. Both give the same
@@ -35,21 +40,38 @@ from kalm.eval.stats import wilson_interval
 from kalm.io import write_json  # noqa: F401  (re-exported for callers)
 
 
+def goal_task(goal: Any) -> str | None:
+    """The task a goal belongs to, for the per-task breakdown (None: no breakdown)."""
+    task = goal.get("task") if isinstance(goal, dict) else None
+    return task if isinstance(task, str) and task else None
+
+
 @dataclass
 class LevelResult:
     successes: int = 0
     episodes: int = 0
     lengths: list[int] = field(default_factory=list)
+    tasks: dict[str, LevelResult] = field(default_factory=dict)  # per task, in first-seen order
 
     @property
     def success_rate(self) -> float:
         return self.successes / self.episodes if self.episodes else 0.0
 
+    def add(self, success: bool, length: int, task: str | None = None) -> None:
+        self.episodes += 1
+        self.successes += int(success)
+        self.lengths.append(length)
+        if task is not None:
+            self.tasks.setdefault(task, LevelResult()).add(success, length)
+
     def to_json(self) -> dict[str, Any]:
         lo, hi = wilson_interval(self.successes, self.episodes)
-        return {"success_rate": self.success_rate, "episodes": self.episodes,
-                "successes": self.successes, "ci95": [lo, hi],
-                "mean_length": float(np.mean(self.lengths)) if self.lengths else 0.0}
+        out = {"success_rate": self.success_rate, "episodes": self.episodes,
+               "successes": self.successes, "ci95": [lo, hi],
+               "mean_length": float(np.mean(self.lengths)) if self.lengths else 0.0}
+        if self.tasks:
+            out["tasks"] = {k: v.to_json() for k, v in self.tasks.items()}
+        return out
 
 
 @dataclass
@@ -71,6 +93,15 @@ class EvalResult:
             rows.append(f"| {name} | {100 * j['success_rate']:.1f}% | "
                         f"[{100 * j['ci95'][0]:.1f}, {100 * j['ci95'][1]:.1f}] | "
                         f"{r.episodes} | {j['mean_length']:.1f} |")
+        if any(r.tasks for r in self.levels.values()):
+            rows += ["", "| level | task | success | 95% CI | episodes | mean length |",
+                     "|---|---|---|---|---|---|"]
+            for name, r in self.levels.items():
+                for task, t in r.tasks.items():
+                    j = t.to_json()
+                    rows.append(f"| {name} | {task} | {100 * j['success_rate']:.1f}% | "
+                                f"[{100 * j['ci95'][0]:.1f}, {100 * j['ci95'][1]:.1f}] | "
+                                f"{t.episodes} | {j['mean_length']:.1f} |")
         return "\n".join(rows)
 
 
@@ -193,10 +224,7 @@ def evaluate_policy(
     results = imap_ordered(_run_batch, work, workers, persistent=True)
     for b, eps in zip(batches, results, strict=True):
         for t, ep in zip(b, eps, strict=True):
-            r = levels[t.level]
-            r.episodes += 1
-            r.successes += int(ep.success)
-            r.lengths.append(ep.length)
+            levels[t.level].add(ep.success, ep.length, goal_task(t.entry.goal))
             ep.extras["level"] = t.level
             all_eps.append(ep)
         bar.update(len(b))

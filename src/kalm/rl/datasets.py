@@ -103,10 +103,12 @@ def to_d3rlpy(data: EpisodeData, encoder: TextEncoder):
         term_rows.append(term)
         tout_rows.append(tout)
     actions = np.concatenate(act_rows)
-    kwargs = {}
     if discrete:
         actions = actions.astype(np.int64)
         kwargs = {"action_space": d3rlpy.ActionSpace.DISCRETE,
+                  "action_size": data.spec.action_dim}
+    else:  # named, not detected: d3rlpy calls integer-valued actions (saturated at +-1) discrete
+        kwargs = {"action_space": d3rlpy.ActionSpace.CONTINUOUS,
                   "action_size": data.spec.action_dim}
     return d3rlpy.dataset.MDPDataset(
         observations=np.concatenate(obs_rows), actions=actions,

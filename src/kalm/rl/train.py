@@ -7,6 +7,11 @@ file (weights, target networks, optimiser states) plus `step-N.state.pt` with wh
 not save: its gradient-step counter (target-network syncs are timed by it), the torch, numpy and
 Python RNG states and kalm's batch sampler state. An interrupted and resumed run ends with the
 same weights as an uninterrupted one.
+
+Continuous actions (Meta-World): the policy learns in d3rlpy's [-1, 1] through a min-max action
+scaler built from the env definition's action bounds (stored in the d3rlpy file, so a loaded
+policy scales the same way), which keeps every prediction inside the bounds; training actions
+are clipped to the bounds first, as the env clips what it executes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kalm.data.episodes import EpisodeData, read_episodes
-from kalm.rl.algos import AlgoConfig, create_algo
+from kalm.rl.algos import AlgoConfig, check_algo, create_algo
 from kalm.rl.datasets import Transitions, TransitionSampler, to_d3rlpy, to_transitions
 from kalm.rl.text_encoder import TextEncoder
 
@@ -118,6 +123,41 @@ def load_data(paths: list[str]) -> EpisodeData | None:
     return parts[0] if len(parts) == 1 else EpisodeData.concatenate(parts)
 
 
+def action_bounds(spec, parts: Sequence[Transitions]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(low, high, where from) of continuous actions: the env definition's `action_low` /
+    `action_high` (what the env clips to), found from the data's env string; for an env kalm
+    cannot look up, or one without bounds, the range of the training actions."""
+    from kalm.envs.registry import find_env
+
+    definition = find_env(spec.env)
+    if definition is not None and definition.action_low is not None:
+        low = np.asarray(definition.action_low, np.float32)
+        high = np.asarray(definition.action_high, np.float32)
+        if low.shape != (spec.action_dim,):
+            raise ValueError(f"env {spec.env!r} has {low.shape[0]} action bounds, the data "
+                             f"{spec.action_dim}-d actions")
+        return low, high, f"env {spec.env}"
+    acts = np.concatenate([t.actions for t in parts])
+    return acts.min(axis=0).astype(np.float32), acts.max(axis=0).astype(np.float32), "data"
+
+
+def _action_scaler(low: np.ndarray, high: np.ndarray):
+    """d3rlpy's min-max scaler on the bounds (a dimension without range is widened to
+    [low - 1, high + 1]: the scaler divides by high - low)."""
+    from d3rlpy.preprocessing import MinMaxActionScaler
+
+    flat = high <= low
+    return MinMaxActionScaler(minimum=np.where(flat, low - 1.0, low).astype(np.float64),
+                              maximum=np.where(flat, high + 1.0, high).astype(np.float64))
+
+
+def _clip_actions(t: Transitions, low: np.ndarray, high: np.ndarray) -> None:
+    """What the env executed: it clips every action to its bounds, so a stored action outside
+    them (noisy expert, generated) is learnt as the clipped one."""
+    t.actions = np.clip(t.actions, low, high).astype(np.float32)
+    t.next_actions = np.clip(t.next_actions, low, high).astype(np.float32)
+
+
 def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
                  ) -> dict[str, Any]:
     """Train and save; returns a summary (steps, timings, dataset sizes)."""
@@ -127,19 +167,27 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     real = read_episodes(cfg.real)
-    if real.spec.action_type != "discrete":
-        raise ValueError(f"kalm train supports discrete actions only; env {real.spec.env!r} "
-                         "has continuous actions")
+    action_type = real.spec.action_type
+    check_algo(cfg.algo.algo, action_type, real.spec.env)
     imagined = load_data(cfg.imagined)
     if imagined is not None and imagined.spec != real.spec:
         raise ValueError(f"imagined data is for {imagined.spec}, real data for {real.spec}")
     encoder = TextEncoder.shared(cfg.text_encoder)
     real_t = to_transitions(real, encoder)
     imag_t = to_transitions(imagined, encoder) if imagined is not None else None
+    scaler, bounds = None, {}
+    if action_type == "continuous":
+        low, high, source = action_bounds(real.spec, [t for t in (real_t, imag_t) if t])
+        for t in (real_t, imag_t):
+            if t is not None:
+                _clip_actions(t, low, high)
+        scaler = _action_scaler(low, high)
+        bounds = {"action_low": low.tolist(), "action_high": high.tolist(),
+                  "action_bounds": source}
     sampler = TransitionSampler(real_t, imag_t, cfg.imagined_ratio, seed=cfg.seed)
     d3rlpy.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    algo = create_algo(cfg.algo)
+    algo = create_algo(cfg.algo, action_type, scaler)
     algo.build_with_dataset(to_d3rlpy(real, encoder))
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
@@ -151,7 +199,7 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     (out / "train_config.json").write_text(json.dumps(
         {**asdict(cfg), "text_encoder_name": encoder.name, "obs_dim": real_t.observations.shape[1],
          "env": real.spec.env, "env_obs_dim": real.spec.obs_dim,
-         "action_dim": real.spec.action_dim,
+         "action_type": action_type, "action_dim": real.spec.action_dim, **bounds,
          "real_transitions": len(real_t),
          "imagined_transitions": 0 if imag_t is None else len(imag_t)}, indent=2))
     log_path = out / "logs" / "train.jsonl"
@@ -206,7 +254,10 @@ def policy_env(path: str | Path) -> str | None:
 class TrainedPolicy:
     """A saved d3rlpy policy behind kalm's Policy interface (state ++ goal-text embedding).
 
-    Acts in any env with discrete actions whose observation size matches the training data.
+    Acts in any env whose action space is the one it was trained for (discrete with as many
+    actions, or continuous with as many dimensions) and whose observation size matches the
+    training data. Continuous actions are clipped to the training bounds once more: the
+    scaler already keeps them inside, the clip guards against rounding at the edges.
     """
 
     name = "trained"
@@ -225,17 +276,39 @@ class TrainedPolicy:
         import d3rlpy
 
         self.algo = d3rlpy.load_learnable(str(file), device="cpu:0")
+        # from the d3rlpy file itself, so policies saved before kalm recorded it are checked
+        self.discrete = self.algo.get_action_type() == d3rlpy.ActionSpace.DISCRETE
+        self.action_size = int(self.algo.action_size)
+        self._low = self._high = None
+        if not self.discrete:
+            scaler = self.algo.config.action_scaler
+            low, high = saved.get("action_low"), saved.get("action_high")
+            if low is None and scaler is not None:
+                low, high = scaler.minimum, scaler.maximum
+            if low is not None:
+                self._low = np.asarray(low, np.float32)
+                self._high = np.asarray(high, np.float32)
         self.encoder = TextEncoder.shared(text_encoder)
         self._emb = np.zeros(self.encoder.dim, dtype=np.float32)
+
+    def trained_for(self) -> str:
+        kind = (f"discrete actions ({self.action_size})" if self.discrete
+                else f"continuous {self.action_size}-d actions")
+        return f"{kind} in env {self.env!r}" if self.env else kind
 
     def begin(self, env, goal, instruction: str) -> None:
         if env is not None:
             import gymnasium as gym
 
             space = env.action_space
-            if not isinstance(space, gym.spaces.Discrete):
-                raise ValueError(f"{self.path}: trained policies act with discrete actions; "
-                                 f"this env's action space is {space}")
+            if self.discrete:
+                fits = isinstance(space, gym.spaces.Discrete) and int(space.n) == self.action_size
+            else:
+                fits = (isinstance(space, gym.spaces.Box)
+                        and tuple(space.shape) == (self.action_size,))
+            if not fits:
+                raise ValueError(f"{self.path} was trained for {self.trained_for()}; this env's "
+                                 f"action space is {space}")
             shape = env.observation_space.shape
             if self.obs_dim is not None and shape and shape[0] != self.obs_dim:
                 raise ValueError(f"{self.path} was trained on {self.obs_dim}-d observations "
@@ -246,18 +319,29 @@ class TrainedPolicy:
         """Embed every instruction an evaluation will use, in batches, ahead of time."""
         self.encoder.encode(list(instructions))
 
-    def act(self, obs: np.ndarray) -> int:
+    def _continuous(self, actions: np.ndarray) -> np.ndarray:
+        a = np.asarray(actions, dtype=np.float32)
+        if self._low is not None:
+            a = np.clip(a, self._low, self._high).astype(np.float32)
+        return a
+
+    def act(self, obs: np.ndarray) -> int | np.ndarray:
         x = np.concatenate([np.asarray(obs, dtype=np.float32), self._emb])[None]
-        return int(self.algo.predict(x)[0])
+        if self.discrete:
+            return int(self.algo.predict(x)[0])
+        return self._continuous(self.algo.predict(x)[0])
 
     def act_batch(self, obs: np.ndarray, goals: Sequence[Mapping[str, Any]],
                   instructions: Sequence[str]) -> np.ndarray:
         """One `predict` for a batch of episodes: row i is obs[i] ++ the embedding of
         instructions[i] (each instruction encoded on its own, as `begin` does, so row i is
-        what `act` gives)."""
+        what `act` gives; continuous rows up to the last float bit, as a batch of one
+        multiplies in another order). (B,) int64 actions, or (B, A) float32 continuous ones."""
         emb = np.stack([self.encoder.encode([t])[0] for t in instructions])
         x = np.concatenate([np.asarray(obs, dtype=np.float32), emb], axis=1)
-        return np.asarray(self.algo.predict(x), dtype=np.int64)
+        if self.discrete:
+            return np.asarray(self.algo.predict(x), dtype=np.int64)
+        return self._continuous(self.algo.predict(x))
 
 
 __all__ = ["TrainConfig", "TrainedPolicy", "Transitions", "policy_env", "train_policy"]
