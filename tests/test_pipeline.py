@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -296,6 +297,34 @@ def test_paper_config_runs_one_step_of_every_stage_on_a_slice(tmp_path):
     assert (smoke / "report" / "report.md").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_metaworld_paper_config_runs_every_stage_on_a_slice(tmp_path):
+    """Continuous actions through the whole chain: the Meta-World paper config with the default
+    backbone, each stage for a step or two, with the expert and random reference rows."""
+    out = tmp_path / "mw"
+    text = subprocess.run(
+        [sys.executable, "-m", "kalm.cli", "run", "--config",
+         str(ROOT / "configs" / "metaworld-paper.yaml"), "--out", str(out), "--smoke",
+         "--reference-rows", "expert,random"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout
+    smoke = Path(f"{out}-smoke")
+    stages = [p.name for p in smoke.iterdir() if (p / "stage.json").exists()]
+    assert {"collect", "dynamics", "ground", "imagine-hard", "label-easy", "train-td3bc-seed0",
+            "evaluate-iql-seed0", "evaluate-expert", "evaluate-random", "report"} <= set(stages)
+    assert all(_record(smoke, s)["done"] for s in stages), text
+    from kalm.data.episodes import read_episodes
+
+    imagined = read_episodes(smoke / "imagine-easy" / "imagined.h5")
+    assert imagined.spec.action_type == "continuous"
+    assert np.abs(imagined.actions).max() <= 1.0  # clipped to the arm's bounds
+    expert = json.loads((smoke / "evaluate-expert" / "eval-train.json").read_text())
+    assert sum(t["episodes"] for t in expert["tasks"].values()) == expert["episodes"]
+    report = (smoke / "report" / "report.md").read_text()
+    assert "Success per task" in report and "scripted expert" in report
+
+
 @pytest.mark.timeout(600)
 def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     """`kalm run` is not CLEVR-bound: the example grid world goes through every stage."""
@@ -307,7 +336,8 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
                    "explain_episodes": 2, "warmup_steps": 1},
         "imagine": {"levels": {"unseen": 4}, "batch_size": 16},
         "rl": {"algos": ["bc"], "steps": {"bc": 30}, "keep": {"bc": "all"},
-               "reference_rows": ["paper", "shooting", "llm_policy", "verified"]},
+               "reference_rows": ["paper", "shooting", "llm_policy", "verified", "expert",
+                                      "random"]},
         "dynamics": {"epochs": 3, "hidden": 32},
         "shooting": {"candidates": 16, "horizon": 6},
         "evaluate": {"levels": ["unseen"], "episodes": 4, "workers": 1,
@@ -344,6 +374,11 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     verified = json.loads((out / "verify-unseen" / "label_stats.json").read_text())
     assert verified["uses_simulator"] and verified["generated"] == len(imagined)
     assert "The grounded LLM as the policy" in report and "| unseen | 3 |" in report
+    # the env's own policies on the same scenes; the toy's goals name no task: no task table
+    for policy in ("expert", "random"):
+        ev = json.loads((out / f"evaluate-{policy}" / "eval-unseen.json").read_text())
+        assert ev["episodes"] == 4 and "tasks" not in ev
+    assert "scripted expert (ceiling)" in report and "Success per task" not in report
     label = json.loads((out / "label-unseen" / "label_stats.json").read_text())
     assert label["labeller"] == "ensemble" and label["generated"] == len(imagined)
 

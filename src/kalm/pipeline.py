@@ -28,6 +28,7 @@ from kalm.run_folder import (
     LLM_POLICY,
     LLM_POLICY_STAGE,
     PAPER,
+    POLICY_REFERENCES,
     RECORD,
     REPORT,
     SHOOTING,
@@ -42,6 +43,7 @@ from kalm.run_folder import (
     load_run_config,
     needs_dynamics,
     real_data,
+    reference_policy_stage,
     shoot_stage,
     stage_names,
     train_stage,
@@ -393,6 +395,16 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                                        cfg.evaluate.workers, cfg.env, cfg.suite_file)
 
         stages.append(Stage(LLM_POLICY_STAGE, llm_policy_config(cfg), [GROUND], run_llm_policy))
+
+    for policy in (p for p in POLICY_REFERENCES if p in cfg.rl.reference_rows):
+        def run_builtin(folder: Path, policy: str = policy) -> list[Path]:
+            from kalm.eval.compare import evaluate_builtin_policy
+
+            return evaluate_builtin_policy(compare_config(cfg, cfg.rl.algos[0], root), policy,
+                                           folder)
+
+        stages.append(Stage(reference_policy_stage(policy),
+                            {**evaluate_config(cfg), "policy": policy}, [], run_builtin))
 
     def run_report(folder: Path) -> list[Path]:
         from kalm.eval.report import write_report

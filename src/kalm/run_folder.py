@@ -16,6 +16,7 @@ runs/NAME/
   shoot-LEVEL/labelled{,-success}.h5        reference rows: rollouts without the LLM
   verify-LEVEL/labelled{,-success}.h5       diagnostic row: LLM rollouts checked in the simulator
   evaluate-llm-policy/eval-LEVEL.json       reference row: the grounded LLM acting itself
+  evaluate-{expert,random}/eval-LEVEL.json  reference rows: the env's expert and random actions
   train-ALGO-VARIANT-seedS/VARIANT-LEVEL-seedS/   reference rows (rl.reference_rows):
   evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`, `verified`
   report/
@@ -55,8 +56,17 @@ VERIFIED = "verified"
 RL_REFERENCES = (PAPER, SHOOTING, VERIFIED)
 # and the grounded LLM acting in the real env itself (the paper's Fig. 5): an evaluation only
 LLM_POLICY = "llm_policy"
-REFERENCES = (*RL_REFERENCES, LLM_POLICY)
 LLM_POLICY_STAGE = "evaluate-llm-policy"
+# and the env's own built-in policies on the same levels, scenes and episode counts: its
+# scripted expert (the ceiling the data's demonstrator reaches) and random actions (the floor)
+EXPERT = "expert"
+RANDOM = "random"
+POLICY_REFERENCES = (EXPERT, RANDOM)
+REFERENCES = (*RL_REFERENCES, LLM_POLICY, *POLICY_REFERENCES)
+
+
+def reference_policy_stage(policy: str) -> str:
+    return f"evaluate-{policy}"
 
 
 def imagine_stage(level: str) -> str:
@@ -144,6 +154,8 @@ def stage_names(cfg: RunConfig) -> list[str]:
                 names += [train_stage(algo, seed, variant), evaluate_stage(algo, seed, variant)]
     if LLM_POLICY in cfg.rl.reference_rows:
         names.append(LLM_POLICY_STAGE)
+    names += [reference_policy_stage(p) for p in POLICY_REFERENCES
+              if p in cfg.rl.reference_rows]
     return [*names, REPORT]
 
 
@@ -184,7 +196,9 @@ class RLStage:
     # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, every rollout,
     # 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble, labelled and used as
     # KALM's rollouts are), `llm_policy` (the grounded LLM acting in the real env itself,
-    # evaluate.llm_policy_episodes per level), and the diagnostic `verified` (uses the
+    # evaluate.llm_policy_episodes per level), `expert` and `random` (the env's scripted
+    # expert and random actions on the same levels and scenes: ceiling and floor), and the
+    # diagnostic `verified` (uses the
     # simulator, which KALM may not: the LLM's rollouts that really reach the goal on replay,
     # labelled on the simulator's states; how much better labels could give)
     reference_rows: list[str] = field(default_factory=list)

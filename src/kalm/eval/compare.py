@@ -154,6 +154,22 @@ def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> di
     return result
 
 
+def evaluate_builtin_policy(cfg: CompareConfig, policy: str, out: Path) -> list[Path]:
+    """One of the env's own policies (`expert`, `random`) on every level, with the episodes,
+    scenes and evaluation seed of the trained policies, so it reads as their ceiling or floor.
+    A level already written is kept (resume)."""
+    paths = []
+    for lv in cfg.levels:
+        path = out / f"eval-{lv}.json"
+        if not path.exists():
+            res = evaluate_policy(policy, _suite(cfg, lv), level_episodes(cfg, lv),
+                                  seed=cfg.eval_seed, workers=cfg.workers, name=policy,
+                                  env=cfg.env)
+            write_json(res.to_json()["levels"][lv], path)
+        paths.append(path)
+    return paths
+
+
 def evaluations(cfg: CompareConfig, seed: int) -> list[tuple[str, str, str]]:
     """(method, policy folder, level) of every evaluation of a seed: the baseline on every
     level, each KALM policy on the level of its imagined data."""

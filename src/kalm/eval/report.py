@@ -30,6 +30,7 @@ from kalm.run_folder import (
     LLM_POLICY,
     LLM_POLICY_STAGE,
     PAPER,
+    POLICY_REFERENCES,
     RECORD,
     REPORT,
     SHOOTING,
@@ -40,6 +41,7 @@ from kalm.run_folder import (
     imagined_data,
     load_run,
     reference_label_folder,
+    reference_policy_stage,
     stage_names,
     variants,
 )
@@ -133,6 +135,70 @@ def llm_policy_table(root: Path, levels: list[str]) -> str | None:
     if not rows:
         return None
     return "\n".join(["| level | episodes | success (%) |", "|---|---|---|", *rows])
+
+
+def _reference_results(root: Path, levels: list[str]) -> dict[str, dict[str, Any]]:
+    """policy -> level -> its evaluation, for the env's own policies the run evaluated."""
+    out: dict[str, dict[str, Any]] = {}
+    for policy in POLICY_REFERENCES:
+        for lv in levels:
+            path = root / reference_policy_stage(policy) / f"eval-{lv}.json"
+            if path.exists():
+                out.setdefault(policy, {})[lv] = json.loads(path.read_text())
+    return out
+
+
+def reference_policies_table(root: Path, levels: list[str]) -> str | None:
+    """The env's scripted expert (ceiling) and random actions (floor), same scenes."""
+    found = _reference_results(root, levels)
+    if not found:
+        return None
+    policies = list(found)
+    lines = ["| level | episodes | " + " | ".join(f"{p} (%)" for p in policies) + " |",
+             "|---|---|" + "---|" * len(policies)]
+    for lv in levels:
+        if not any(lv in found[p] for p in policies):
+            continue
+        eps = next(found[p][lv]["episodes"] for p in policies if lv in found[p])
+        cells = [f"{100 * found[p][lv]['success_rate']:.1f}" if lv in found[p] else "-"
+                 for p in policies]
+        lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def task_table(root: Path, cfg) -> str | None:
+    """Success per task, for envs whose goals name one (Meta-World): real only and KALM per
+    algorithm over the seeds, beside the env's own policies; None when no result has tasks."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    columns: list[str] = []
+
+    def add(level: str, result: dict[str, Any], column: str) -> None:
+        for task, t in result.get("tasks", {}).items():
+            cells.setdefault((level, task), {}).setdefault(column, []).append(t["success_rate"])
+            if column not in columns:
+                columns.append(column)
+
+    for algo in cfg.rl.algos:
+        cc = compare_config(cfg, algo, root)
+        for seed in cfg.seeds:
+            for method, name, lv in evaluations(cc, seed):
+                path = root / evaluate_stage(algo, seed) / name / f"eval-{lv}.json"
+                if path.exists():
+                    add(lv, json.loads(path.read_text()),
+                        f"{algo.upper()} {METHOD_NAMES[method]}")
+    for policy, results in _reference_results(root, list(cfg.evaluate.levels)).items():
+        for lv, result in results.items():
+            add(lv, result, policy)
+    if not cells:
+        return None
+    order = {lv: i for i, lv in enumerate(ordered_levels([lv for lv, _ in cells]))}
+    lines = ["| level | task | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for (lv, task) in sorted(cells, key=lambda k: order[k[0]]):
+        row = cells[(lv, task)]
+        lines.append(f"| {lv} | {task} | " + " | ".join(fmt_rate(row.get(c, []))
+                                                       for c in columns) + " |")
+    return "\n".join(lines)
 
 
 def _label_stats(root: Path, level: str, variant: str | None = None
@@ -354,6 +420,15 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
             md += ["### The grounded LLM as the policy (the paper's Fig. 5)", "",
                    "The grounded model's action head acting in the real simulator, greedy, "
                    "one evaluation seed.", "", llm or "Not evaluated yet.", ""]
+        refs = reference_policies_table(root, list(cfg.evaluate.levels))
+        if refs:
+            md += ["### The env's own policies: scripted expert (ceiling), random (floor)", "",
+                   "Same levels, scenes and episodes as the trained policies.", "", refs, ""]
+        tasks = task_table(root, cfg)
+        if tasks:
+            md += ["### Success per task (%)", "",
+                   "Mean ± std over the seeds evaluated (one evaluation per reference policy).",
+                   "", tasks, ""]
         for algo, s in summaries.items():
             bar_plot(s, folder / f"success-{algo}.png")
             md += [f"![{algo} success](success-{algo}.png)", ""]
