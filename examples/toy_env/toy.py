@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from kalm.envs.base import EnvDefinition, EnvSpecInfo
+from kalm.envs.base import EnvDefinition, EnvSpecInfo, reset_options
 
 SIZE = 5
 TARGETS: dict[str, tuple[int, int]] = {
@@ -151,10 +151,7 @@ class GridEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"goal", "instruction", "init"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}")
+        options = reset_options(options)
         init = options.get("init")
         if init is None:
             self.pos = self.np_random.integers(0, SIZE, size=2)

@@ -47,6 +47,21 @@ class BatchPolicy(Policy, Protocol):
         ...
 
 
+RESET_OPTIONS = ("goal", "instruction", "init")
+
+
+def reset_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The reset options every kalm env understands, checked: collection and evaluation set
+    the goal, its instruction and a start state through them, and a misspelt key would
+    otherwise be ignored silently, giving a random goal or start."""
+    options = dict(options or {})
+    unknown = set(options) - set(RESET_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; expected "
+                         + ", ".join(repr(o) for o in RESET_OPTIONS))
+    return options
+
+
 def can_act_batch(policy: Policy) -> bool:
     return callable(getattr(policy, "act_batch", None))
 

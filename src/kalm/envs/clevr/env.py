@@ -15,6 +15,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from kalm.envs.base import reset_options
 from kalm.envs.clevr import scene
 from kalm.envs.clevr.constants import (
     COLORS,
@@ -149,11 +150,7 @@ class CLEVRRobotEnv(gym.Env):
         self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"goal", "instruction", "init"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; "
-                             "expected 'goal', 'instruction', 'init'")
+        options = reset_options(options)
         init = options.get("init")
         xy = self.sample_initial_positions(self.np_random) if init is None else init
         self.set_ball_positions(xy)

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from kalm.envs.base import reset_options
 from kalm.envs.metaworld.constants import ACTION_DIM, OBS_DIM, STATE_HIGH, STATE_LOW
 from kalm.envs.metaworld.goals import GoalError, is_success, max_steps, validate_goal
 from kalm.envs.metaworld.rewards import RewardTracker
@@ -106,11 +107,7 @@ class MetaWorldKALMEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"goal", "instruction", "init"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; "
-                             "expected 'goal', 'instruction', 'init'")
+        options = reset_options(options)
         goal = options.get("goal")
         if goal is not None:
             self.goal = validate_goal(goal)
