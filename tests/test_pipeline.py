@@ -391,8 +391,10 @@ def test_every_subcommand_is_documented():
     runner = CliRunner()
     top = runner.invoke(main, ["--help"])
     assert top.exit_code == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, cmd in main.commands.items():
         assert name in top.output
+        assert f"kalm {name}" in readme, f"{name} is missing from the README's command list"
         res = runner.invoke(main, [name, "--help"])
         assert res.exit_code == 0, name
         assert cmd.help and len(cmd.help.split()) >= 5, f"{name} has no real help text"

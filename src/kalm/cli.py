@@ -317,6 +317,112 @@ def ground(data, out, backbone, lora_r, full, steps, epochs, batch_size, lr, hea
     click.echo(f"saved the grounded model to {cfg.out}")
 
 
+@main.command("export")
+@click.argument("episodes_file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["minari", "d3rlpy"]), required=True,
+              help="minari: a Minari dataset (minari 0.5) under MINARI_DATASETS_PATH; d3rlpy: "
+                   "a file d3rlpy's ReplayBuffer.load reads.")
+@click.option("--id", "dataset_id", default=None,
+              help="Minari dataset id, e.g. kalm/clevr-real-v0 (--format minari).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="d3rlpy dataset file (--format d3rlpy); FILE.json beside it describes it.")
+@click.option("--overwrite", is_flag=True, help="Replace a Minari dataset of the same id.")
+@click.option("--description", default=None, help="Minari dataset description.")
+@click.option("--author", default=None, help="Minari dataset author.")
+@click.option("--with-instruction-embedding", is_flag=True,
+              help="d3rlpy: observations = state ++ embedding of the instruction, what kalm's "
+                   "policies see (needed to evaluate the trained policy with kalm evaluate).")
+@click.option("--text-encoder", default=None,
+              help="Local sentence-transformer folder for the embedding (default: the packaged "
+                   "MiniLM, as kalm train).")
+def export(episodes_file, fmt, dataset_id, out, overwrite, description, author,
+           with_instruction_embedding, text_encoder) -> None:
+    """Write an episode file (real or imagined) as a Minari dataset or a d3rlpy dataset file
+    (docs/datasets.md)."""
+    from kalm.data.episodes import EpisodeFileError, read_episodes
+
+    if fmt == "minari" and (not dataset_id or out or with_instruction_embedding):
+        _fail(ValueError("--format minari takes --id (not --out or "
+                         "--with-instruction-embedding)"))
+    if fmt == "d3rlpy" and (not out or dataset_id):
+        _fail(ValueError("--format d3rlpy takes --out (not --id)"))
+    try:
+        data = read_episodes(episodes_file)
+        if fmt == "minari":
+            from kalm.data.formats.minari_io import export_minari
+
+            ds = export_minari(data, dataset_id, overwrite=overwrite, description=description,
+                               author=author)
+            click.echo(f"wrote Minari dataset {dataset_id} ({ds.total_episodes} episodes, "
+                       f"{ds.total_steps} steps) to {ds.storage.data_path.parent}")
+        else:
+            from kalm.rl.export import export_d3rlpy, sidecar_path
+
+            info = export_d3rlpy(data, out, with_instruction_embedding=with_instruction_embedding,
+                                 text_encoder=text_encoder)
+            click.echo(f"wrote {out} ({info['episodes']} episodes: "
+                       f"{info['terminated_episodes']} terminated, {info['timeout_episodes']} "
+                       f"timeouts; {info['transitions']} transitions; {info['obs_dim']}-d "
+                       f"observations) and {sidecar_path(out)}")
+    except (EpisodeFileError, ImportError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+
+
+@main.command("import")
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["minari", "kalm-npy", "imaginebench"]),
+              required=True,
+              help="minari: a local Minari dataset id or folder; kalm-npy: the padded dict of "
+                   "KALM's code (.npy/.npz/.h5); imaginebench: ImagineBench's HDF5 files.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output episode file (.h5).")
+@click.option("--env", default=None,
+              help="Env string of the data (default: what a kalm-written Minari dataset names; "
+                   "clevr for the published layouts).")
+@click.option("--level", default=None,
+              help="The level the file holds (train, rephrase, easy, hard, or KALM's names): "
+                   "how CLEVR goal vectors are read.")
+@click.option("--source", "source_kind", type=click.Choice(["real", "imagined"]),
+              default="real", show_default=True, help="Published layouts: real or imagined data.")
+@click.option("--meta", type=click.Path(dir_okay=False), default=None,
+              help="Companion file with the fields the data file lacks (instructions, goals, "
+                   "env_names), e.g. ImagineBench's .npy beside its .h5.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Read pickled .npy/.npz files. Unpickling can run arbitrary code: use it only "
+                   "for files you trust.")
+@click.option("--no-instructions", is_flag=True,
+              help="Import a published file that has no instructions (left empty; kalm's "
+                   "goal-conditioned training needs them).")
+def import_(source, fmt, out, env, level, source_kind, meta, allow_pickle,
+            no_instructions) -> None:
+    """Read a Minari dataset, or KALM's or ImagineBench's published data, into a kalm episode
+    file (docs/datasets.md)."""
+    from kalm.data.episodes import EpisodeFileError, write_episodes
+    from kalm.envs.registry import EnvError
+
+    try:
+        if fmt == "minari":
+            if level or meta or allow_pickle or no_instructions:
+                _fail(ValueError("--format minari takes only --env and --out"))
+            from kalm.data.formats.minari_io import import_minari
+
+            data = import_minari(source, env=env)
+        else:
+            from kalm.data.formats.published import import_published
+
+            data = import_published(source, fmt, env or "clevr", level=level,
+                                    source=source_kind, meta=meta, allow_pickle=allow_pickle,
+                                    require_instructions=not no_instructions)
+        write_episodes(data, out)
+    except (EpisodeFileError, EnvError, ImportError, ValueError) as exc:
+        _fail(exc)
+    ends = data.terminals[range(len(data)), data.lengths - 1] if len(data) else []
+    goals = sum(1 for g in data.goals if g)
+    click.echo(f"wrote {out}: {len(data)} {data.source} episodes of env {data.spec.env!r}, "
+               f"{data.num_transitions} steps, {int(sum(ends))} ending at a terminal, "
+               f"{len(data) - int(sum(ends))} at a timeout; goals for {goals} episodes")
+
+
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
               help="A grounded model folder (the --out of `kalm ground`); its env is the one "

@@ -137,7 +137,14 @@ class EnvDefinition:
       actions) -> (states, success)` where the env replays more exactly itself, for the
       replay diagnostics of imagination; `realism_checks(observations, actions) -> {category:
       count}` of physically implausible transitions; `state_distance(a, b)` per row (default:
-      Euclidean) in `state_units`; `draw_state(obs, size, caption) -> RGB array` for GIFs.
+      Euclidean) in `state_units`; `draw_state(obs, size, caption) -> RGB array` for GIFs;
+      `published_goal(record) -> goal | None` for importing data written by KALM's and
+      ImagineBench's code (`kalm import`): `record` holds `"vector"` (an episode's goal vector,
+      or None), `"task"` (its task name, or None) and `"level"` (the level the user says the
+      file holds, or None); it returns the goal dict, None when they do not determine one, and
+      raises ValueError naming what is wrong;
+    - `gym_id` (optional): the Gymnasium id the env is registered under, written into exported
+      datasets (Minari) so that other tools can make the env from the data.
     """
 
     name: str
@@ -161,6 +168,8 @@ class EnvDefinition:
     episode_successes: Callable[..., Any] | None = None
     action_low: Sequence[float] | None = None
     action_high: Sequence[float] | None = None
+    published_goal: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None
+    gym_id: str | None = None
 
     def __post_init__(self) -> None:
         s = self.spec

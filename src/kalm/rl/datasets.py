@@ -43,15 +43,17 @@ class Transitions:
                       "next_actions", "terminals")])
 
 
-def goal_observations(data: EpisodeData, encoder: TextEncoder) -> list[np.ndarray]:
-    """Per episode: (len+1, obs_dim + text_dim) float32 observations."""
-    emb = encoder.encode(list(data.instructions))
+def goal_observations(data: EpisodeData, encoder: TextEncoder | None) -> list[np.ndarray]:
+    """Per episode: (len+1, obs_dim + text_dim) float32 observations (the states alone when
+    `encoder` is None)."""
+    emb = None if encoder is None else encoder.encode(list(data.instructions))
     out = []
     for i in range(len(data)):
         n = int(data.lengths[i])
         obs = data.observations[i, : n + 1]
-        out.append(np.concatenate([obs, np.repeat(emb[i][None], n + 1, axis=0)],
-                                  axis=1).astype(np.float32))
+        if emb is not None:
+            obs = np.concatenate([obs, np.repeat(emb[i][None], n + 1, axis=0)], axis=1)
+        out.append(obs.astype(np.float32))
     return out
 
 
@@ -77,8 +79,10 @@ def to_transitions(data: EpisodeData, encoder: TextEncoder) -> Transitions:
     return Transitions.concatenate(parts)
 
 
-def to_d3rlpy(data: EpisodeData, encoder: TextEncoder):
-    """An MDPDataset equivalent to `to_transitions` (timeouts keep their final state)."""
+def to_d3rlpy(data: EpisodeData, encoder: TextEncoder | None):
+    """An MDPDataset equivalent to `to_transitions` (timeouts keep their final state: one more
+    row, with a zero action and reward, that no transition starts from). `encoder` None: the
+    observations are the states alone."""
     import d3rlpy
 
     discrete = data.spec.action_type == "discrete"

@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from kalm.envs import CLEVR_ID
 from kalm.envs.base import EnvDefinition, EnvSpecInfo, RandomAgent
 from kalm.envs.clevr.constants import NUM_ACTIONS, NUM_BALLS, OBS_DIM, TABLE_HIGH, TABLE_LOW
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success, max_steps, validate_goal
+from kalm.envs.clevr.published import published_goal
 from kalm.envs.clevr.rewards import episode_rewards
 
 LEVELS = ("train", "rephrase", "easy", "hard")
@@ -87,4 +89,6 @@ CLEVR = EnvDefinition(
     state_distance=_ball_distance,
     state_units="m",
     draw_state=_draw_state,
+    published_goal=published_goal,
+    gym_id=CLEVR_ID,
 )
