@@ -10,8 +10,8 @@ run's BC policy (an MLP on the same data and goal embeddings) on the same held-o
 
     python benchmarks/grounding_recipes.py --real runs/clevr-quick/collect/real.h5 \\
         --bc runs/clevr-quick/train-bc-seed0/baseline-seed0 \\
-        --recipe "one LR=runs/clevr-quick/ground:runs/bestofn/imagine-N1-{level}.h5:runs/bestofn/label-N1-{level}-votes5/labelled.h5" \\
-        --recipe ...
+        --recipe "one LR=runs/clevr-quick/ground:runs/bestofn/imagine-N1-{level}.h5:\\
+runs/bestofn/label-N1-{level}-votes5/labelled.h5" --recipe ...
 
 Each --recipe is NAME=MODEL_DIR:IMAGINED_PATTERN:LABELLED_PATTERN with `{level}` in the
 patterns (rephrase, easy).
