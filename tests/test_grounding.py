@@ -529,3 +529,13 @@ def test_delta_state_head_saves_its_statistics(tmp_path, tokenizer):
     mean, std = delta_statistics(data.subset(train_idx))
     torch.testing.assert_close(model.delta_mean, torch.from_numpy(mean).float())
     torch.testing.assert_close(model.delta_std, torch.from_numpy(std).float())
+
+
+def test_metrics_cost_is_counted_in_padded_positions():
+    """Batches of 16 in order, each padded to its longest: what the metrics' passes compute."""
+    from kalm.llm.train import padded_tokens
+
+    assert padded_tokens([3] * 16, 16) == 48
+    assert padded_tokens([3] * 15 + [200], 16) == 3200  # one long rollout pads its batch
+    assert padded_tokens([200] + [3] * 16, 16) == 16 * 200 + 3
+    assert padded_tokens([5, 7], 1) == 12

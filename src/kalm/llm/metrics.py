@@ -25,6 +25,7 @@ from kalm.llm.prompts import PromptBuilder
 
 EXPLAIN_TOKENS = 40  # greedy explanation length limit
 EXPLAIN_BATCH = 16
+METRICS_BATCH = 16  # sequences per teacher-forced pass of the metrics
 
 
 def _batches(seqs, size):
@@ -33,7 +34,8 @@ def _batches(seqs, size):
 
 
 @torch.no_grad()
-def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs, batch_size: int = 16,
+def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs,
+                  batch_size: int = METRICS_BATCH,
                   actions: list | None = None):
     """Per-target (normalised squared error, metres error per ball) and action hits; with a
     list in `actions`, (greedy, target) pairs of continuous actions are appended to it."""

@@ -369,19 +369,35 @@ _UNBOUNDED_STEPS = 10_000_000  # data stream length while a budget has not fixed
 
 
 @torch.no_grad()
+def padded_tokens(lengths: list[int], batch_size: int) -> int:
+    """Positions a pass over sequences of these lengths computes, batched in order and padded
+    to each batch's longest (as the metrics batch them)."""
+    return sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
+               for i in range(0, len(lengths), batch_size))
+
+
 def estimate_metrics_seconds(g: Grounder, model: RolloutModel, eval_s: float,
-                             val_sequences: int) -> float:
-    """What the final `grounding_metrics` will cost: the teacher-forced passes scaled from the
-    validation pass just timed, the greedy explanations from a short timed decode (their
-    per-token cost is unlike a teacher-forced pass's)."""
-    from kalm.llm.metrics import EXPLAIN_BATCH, EXPLAIN_TOKENS, greedy_text
+                             val_tokens: int) -> float:
+    """What the final `grounding_metrics` will cost: the teacher-forced passes scaled by padded
+    positions from the validation pass just timed (not by sequences: the metrics are mostly
+    one-step dynamics prompts, a few positions each, while the validation batches mix in whole
+    rollouts; a 100-step Meta-World rollout is ~70x a dynamics prompt), the greedy explanations
+    from a short timed decode (their per-token cost is unlike a teacher-forced pass's)."""
+    from kalm.llm.metrics import EXPLAIN_BATCH, EXPLAIN_TOKENS, METRICS_BATCH, greedy_text
 
     cfg = g.cfg
     if g.val_data is None or cfg.metrics_episodes <= 0:
         return 0.0
     n = min(cfg.metrics_episodes, len(g.val_data))
-    sequences = 2 * n + int(np.asarray(g.val_data.lengths[:n]).sum())  # rollout, consequence,
-    seconds = eval_s / val_sequences * sequences if val_sequences else 0.0  # every dynamics step
+    eps = [g.val_data.episode(i) for i in range(n)]
+    b = g.builder
+    rollouts = [len(b.rollout(e.instruction, e.observations, e.actions)) for e in eps]
+    finals = [len(b.consequence(e.instruction, e.observations[0], e.observations[e.length]))
+              for e in eps]
+    steps = [len(b.dynamics(e.observations[t], e.actions[t], e.observations[t + 1]))
+             for e in eps for t in range(e.length)]
+    tokens = sum(padded_tokens(x, METRICS_BATCH) for x in (rollouts, finals, steps) if x)
+    seconds = eval_s / val_tokens * tokens if val_tokens else 0.0
     m = min(cfg.explain_episodes, n)
     if m:
         eps = [g.val_data.episode(i) for i in range(min(m, EXPLAIN_BATCH))]
@@ -574,7 +590,8 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
             eval_s = validate(step)
             save_s = checkpoint(step)  # timed here, rewritten below with the fitted length
             metrics_s = estimate_metrics_seconds(g, inner, eval_s, sum(
-                len(b["objective"]) for b in val_batches)) if acc.is_main_process else 0.0
+                b["attention_mask"].numel() for b in val_batches)) if acc.is_main_process \
+                else 0.0
             timed = step_times[1:] if len(step_times) > 2 else step_times
             box = list(fit_budget(cfg, step, time.time() - t_start, float(np.mean(timed)),
                                   eval_s, save_s, metrics_s))
