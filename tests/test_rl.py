@@ -155,51 +155,21 @@ def _q_values(path, obs):
     return np.stack([algo.predict_value(obs, np.full(len(obs), a)) for a in range(40)], 1)
 
 
-def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
+def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path,
+                                                                interrupted_training):
     """CQL with a target sync every 7 gradient steps, interrupted at step 16 (last checkpoint:
     step 10) and resumed, ends with exactly the weights of an uninterrupted run."""
     import yaml
-    from click.testing import CliRunner
-
-    from kalm.cli import main
-    from kalm.rl.datasets import TransitionSampler as Sampler
 
     write_episodes(_trivial_data(20), tmp_path / "real.h5")
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"train": {"log_every": 5, "algo": {
         "hidden_units": [32, 32], "learning_rate": 3e-3, "target_update_interval": 7}}}))
-
-    def train(out, *extra):
-        return CliRunner().invoke(main, [
-            "train", "--algo", "cql", "--real", str(tmp_path / "real.h5"), "--steps", "30",
-            "--save-every", "10", "--seed", "3", "--config", str(config), "--out",
-            str(tmp_path / out), *extra])
-
-    r = train("whole")
-    assert r.exit_code == 0, r.output
-    real_sample = Sampler.sample
-    calls = {"n": 0}
-
-    def crash_at_step_16(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] == 16:
-            raise RuntimeError("simulated crash")
-        return real_sample(self, batch_size)
-
-    monkeypatch.setattr(Sampler, "sample", crash_at_step_16)
-    r = train("split")
-    assert isinstance(r.exception, RuntimeError) and not (tmp_path / "split/policy.d3").exists()
-    monkeypatch.setattr(Sampler, "sample", real_sample)
-    r = train("split", "--resume")
-    assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "split/train_summary.json").read_text())[
-        "steps_this_run"] == 20
+    whole_file, split_file = interrupted_training("cql", tmp_path / "real.h5", config)
     obs = np.random.default_rng(0).uniform(-1, 1, (16, 10 + 384)).astype(np.float32)
-    whole = _q_values(tmp_path / "whole/policy.d3", obs)
-    split = _q_values(tmp_path / "split/policy.d3", obs)
+    whole = _q_values(whole_file, obs)
+    split = _q_values(split_file, obs)
     assert np.abs(whole - split).max() <= 1e-6
-    resumed_log = (tmp_path / "split/logs/train.jsonl").read_text().splitlines()
-    assert resumed_log[-1] == (tmp_path / "whole/logs/train.jsonl").read_text().splitlines()[-1]
 
 
 def test_cli_trains_and_evaluates_a_policy(tmp_path):

@@ -304,51 +304,22 @@ def _actions_and_values(path, x):
     return actions, algo.predict_value(x, actions)
 
 
-def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, real, monkeypatch):
+def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, real,
+                                                                interrupted_training):
     """TD3+BC (target-policy noise from the torch RNG, the actor updated every 2nd gradient
     step), interrupted at step 16 (last checkpoint: step 10) and resumed, ends with exactly the
     weights of an uninterrupted run."""
     import yaml
-    from click.testing import CliRunner
-
-    from kalm.cli import main
-    from kalm.rl.datasets import TransitionSampler as Sampler
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"train": {"log_every": 5, "algo": {
         "hidden_units": [32, 32], "batch_size": 32}}}))
-
-    def train(out, *extra):
-        return CliRunner().invoke(main, [
-            "train", "--algo", "td3bc", "--real", str(real), "--steps", "30", "--save-every",
-            "10", "--seed", "3", "--config", str(config), "--out", str(tmp_path / out), *extra])
-
-    r = train("whole")
-    assert r.exit_code == 0, r.output
-    real_sample = Sampler.sample
-    calls = {"n": 0}
-
-    def crash_at_step_16(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] == 16:
-            raise RuntimeError("simulated crash")
-        return real_sample(self, batch_size)
-
-    monkeypatch.setattr(Sampler, "sample", crash_at_step_16)
-    r = train("split")
-    assert isinstance(r.exception, RuntimeError) and not (tmp_path / "split/policy.d3").exists()
-    monkeypatch.setattr(Sampler, "sample", real_sample)
-    r = train("split", "--resume")
-    assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "split/train_summary.json").read_text())[
-        "steps_this_run"] == 20
+    whole_file, split_file = interrupted_training("td3bc", real, config)
     x = np.random.default_rng(0).uniform(-1, 1, (16, 1 + 384)).astype(np.float32)
-    whole_a, whole_q = _actions_and_values(tmp_path / "whole/policy.d3", x)
-    split_a, split_q = _actions_and_values(tmp_path / "split/policy.d3", x)
+    whole_a, whole_q = _actions_and_values(whole_file, x)
+    split_a, split_q = _actions_and_values(split_file, x)
     assert np.abs(whole_a - split_a).max() <= 1e-6
     assert np.abs(whole_q - split_q).max() <= 1e-5
-    resumed_log = (tmp_path / "split/logs/train.jsonl").read_text().splitlines()
-    assert resumed_log[-1] == (tmp_path / "whole/logs/train.jsonl").read_text().splitlines()[-1]
 
 
 # ------------------------------------------------------------------ evaluation
