@@ -143,12 +143,14 @@ def eval_identity(cfg: CompareConfig, policy_dir: Path, levels: list[str]) -> di
             "suite": suite, "env": cfg.env, "init_region": "paper"}
 
 
-def _evaluate(cfg: CompareConfig, policy_dir: Path, level: str, out: Path) -> dict[str, Any]:
+def _evaluate(cfg: CompareConfig, policy: Any, name: str, level: str, out: Path
+              ) -> dict[str, Any]:
+    """One level's result, from OUT when it is already written (resume). `policy` is what
+    `evaluate_policy` takes: a factory or one of the env's built-in policy names."""
     if out.exists():
         return json.loads(out.read_text())
-    res = evaluate_policy(functools.partial(TrainedPolicy, str(policy_dir)), _suite(cfg, level),
-                          level_episodes(cfg, level), seed=cfg.eval_seed, workers=cfg.workers,
-                          name=str(policy_dir), env=cfg.env)
+    res = evaluate_policy(policy, _suite(cfg, level), level_episodes(cfg, level),
+                          seed=cfg.eval_seed, workers=cfg.workers, name=name, env=cfg.env)
     result = res.to_json()["levels"][level]
     write_json(result, out)
     return result
@@ -158,15 +160,9 @@ def evaluate_builtin_policy(cfg: CompareConfig, policy: str, out: Path) -> list[
     """One of the env's own policies (`expert`, `random`) on every level, with the episodes,
     scenes and evaluation seed of the trained policies, so it reads as their ceiling or floor.
     A level already written is kept (resume)."""
-    paths = []
-    for lv in cfg.levels:
-        path = out / f"eval-{lv}.json"
-        if not path.exists():
-            res = evaluate_policy(policy, _suite(cfg, lv), level_episodes(cfg, lv),
-                                  seed=cfg.eval_seed, workers=cfg.workers, name=policy,
-                                  env=cfg.env)
-            write_json(res.to_json()["levels"][lv], path)
-        paths.append(path)
+    paths = [out / f"eval-{lv}.json" for lv in cfg.levels]
+    for lv, path in zip(cfg.levels, paths, strict=True):
+        _evaluate(cfg, policy, policy, lv, path)
     return paths
 
 
@@ -195,7 +191,9 @@ def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
         claim_folder(folder, eval_identity(cfg, policies / name, levels), stale="remove")
         method = "baseline" if level is None else cfg.method
         for lv in levels:
-            results[method][lv] = _evaluate(cfg, policies / name, lv, folder / f"eval-{lv}.json")
+            policy_dir = str(policies / name)
+            results[method][lv] = _evaluate(cfg, functools.partial(TrainedPolicy, policy_dir),
+                                            policy_dir, lv, folder / f"eval-{lv}.json")
     return results
 
 

@@ -394,9 +394,12 @@ def estimate_metrics_seconds(g: Grounder, model: RolloutModel, eval_s: float,
     rollouts = [len(b.rollout(e.instruction, e.observations, e.actions)) for e in eps]
     finals = [len(b.consequence(e.instruction, e.observations[0], e.observations[e.length]))
               for e in eps]
-    steps = [len(b.dynamics(e.observations[t], e.actions[t], e.observations[t + 1]))
-             for e in eps for t in range(e.length)]
-    tokens = sum(padded_tokens(x, METRICS_BATCH) for x in (rollouts, finals, steps) if x)
+    # a dynamics prompt holds no text: every one has the first one's length
+    first = next((e for e in eps if e.length), None)
+    step = 0 if first is None else len(b.dynamics(first.observations[0], first.actions[0],
+                                                  first.observations[1]))
+    tokens = step * sum(e.length for e in eps) + sum(
+        padded_tokens(x, METRICS_BATCH) for x in (rollouts, finals) if x)
     seconds = eval_s / val_tokens * tokens if val_tokens else 0.0
     m = min(cfg.explain_episodes, n)
     if m:
