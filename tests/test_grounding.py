@@ -380,6 +380,11 @@ def test_bf16_auto_follows_the_probe(tmp_path, tokenizer, monkeypatch):
     speeds[True] = 400.0  # an AMX/AVX-512-BF16 CPU: bf16 autocast is chosen, eager attention
     assert device_mod.resolve_bf16("auto", cpu)[0] is True
     assert training_attention(GroundConfig(), device=cpu) == "eager"
+    # the same process grounds again, now in bf16: accelerate's process-wide state, set to fp32
+    # by the first run, must not refuse it
+    _train(tmp_path, tokenizer, "g-bf16", steps=2, device="cpu")
+    meta = json.loads((tmp_path / "g-bf16" / "kalm_model.json").read_text())["train"]
+    assert meta["dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="bf16 must be"):
         GroundConfig(bf16="sometimes")
 

@@ -308,14 +308,17 @@ class RunConfig:
         """The same config on a small slice: every stage starts and runs a step or two.
 
         Grounding keeps the full schedule and stops after one optimizer step, so a paper-scale
-        config is exercised as configured, only shorter."""
+        config is exercised as configured, only shorter; its batch is capped at 4 sequences (a
+        smoke run checks the wiring, not memory: one batch of 32 100-step Meta-World episodes
+        took 40 s on a 2-core CPU)."""
         r = dataclasses.replace
         return r(
             self, name=f"{self.name}-smoke",
             out=f"{self.out}-smoke" if self.out else None, seeds=self.seeds[:1],
             collect=r(self.collect, episodes=min(self.collect.episodes, 40),
                       workers=min(self.collect.workers, 2), chunk_size=20),
-            ground=r(self.ground, stop_at_step=1, eval_every=1, save_every=1, eval_episodes=2,
+            ground=r(self.ground, stop_at_step=1, batch_size=min(self.ground.batch_size, 4),
+                     eval_every=1, save_every=1, eval_episodes=2,
                      metrics_episodes=2, explain_episodes=1),
             imagine=r(self.imagine, levels={lv: 1 for lv in self.imagine.levels},
                       max_steps=2, goals=4, proposals=min(self.imagine.proposals, 2)),

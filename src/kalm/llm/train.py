@@ -458,11 +458,26 @@ def throughput(step_times: list[float], token_counts: list[tuple[int, int]]
             "padding_share": 1 - real / padded if padded else None}
 
 
+def _accelerator(cpu: bool, mixed_precision: str):
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    precision, but one process may ground twice (a bf16 model, then an fp32 one: the tests do,
+    and so does any notebook comparing the two); a single-process state holds nothing else worth
+    keeping, so it is reset. A distributed launch keeps its state (one precision per launch)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    shared = AcceleratorState._shared_state
+    if (shared and shared.get("_mixed_precision") != mixed_precision
+            and shared.get("distributed_type") == DistributedType.NO):
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
 def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = None,
            progress: bool = True, spec: RolloutSpec | None = None,
            paraphrases: Paraphrases | None = None) -> dict[str, Any]:
     """Train, save the model to cfg.out, compute grounding metrics; returns the metrics."""
-    from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
     t_start = time.time()
@@ -472,7 +487,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate places a single process on the current GPU
     use_bf16, probe = resolve_bf16(cfg.bf16, device)
-    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if use_bf16 else "no")
+    acc = _accelerator(device.type == "cpu", "bf16" if use_bf16 else "no")
     if acc.device.type != device.type:
         raise ValueError(f"device {cfg.device!r} resolves to {device}, but accelerate runs this "
                          f"process on {acc.device}")
