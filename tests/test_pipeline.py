@@ -83,6 +83,24 @@ def test_runner_records_wall_time_of_a_failed_attempt(tmp_path):
     assert not rec["done"] and rec["wall_s"] >= 0.05
 
 
+def test_a_second_run_on_a_busy_folder_is_refused_before_touching_it(tmp_path):
+    """Two `kalm run`s on one folder would resume the same stage into the same checkpoints."""
+    from kalm.pipeline import exclusive_run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with exclusive_run_folder(out):
+        busy = subprocess.run(
+            [sys.executable, "-m", "kalm.cli", "run", "--config",
+             str(ROOT / "configs" / "clevr-quick.yaml"), "--out", str(out)],
+            capture_output=True, text=True, timeout=120)  # a run that started would not end
+        assert busy.returncode != 0
+        assert f"in use by another `kalm run` (pid {os.getpid()})" in busy.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".kalm-run.lock"]  # no stage started
+    with exclusive_run_folder(out):  # released: the folder can be taken again
+        pass
+
+
 def test_superseded_folders_are_never_deleted(tmp_path):
     """A config changed back and forth keeps every earlier output folder."""
     calls: list[str] = []

@@ -838,9 +838,11 @@ def run(ctx, config_file, out, seeds, reference_rows, dry_run, smoke) -> None:
             runner.hashes[stage.name] = runner.stage_hash(stage)
             click.echo(f"{stage.name:28s} {runner.hashes[stage.name][:8]}  {state}")
         return
+    from kalm.pipeline import RunFolderBusy
+
     try:
         run_pipeline(cfg)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, RunFolderBusy) as exc:
         _fail(exc)
 
 

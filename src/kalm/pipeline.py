@@ -10,10 +10,12 @@ RL checkpoints, finished evaluations); a stage whose config or inputs changed is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -417,11 +419,52 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     return stages
 
 
+LOCK_FILE = ".kalm-run.lock"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another `kalm run` holds the run folder."""
+
+
+@contextlib.contextmanager
+def exclusive_run_folder(root: Path) -> Iterator[None]:
+    """One `kalm run` per folder at a time: two would resume the same stage into the same
+    checkpoints and parts. The lock is the kernel's (flock), so a killed run leaves none behind;
+    where flock does not exist (Windows) the folder is not locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on this project's platforms
+        yield
+        return
+    path = root / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunFolderBusy(f"{root} is in use by another `kalm run` (pid {holder}); wait "
+                                "for it to finish or stop it, then run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) every stage; returns the report's markdown path."""
     cfg.check_algos()
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
+    with exclusive_run_folder(root):
+        return _run_stages(cfg, root, log)
+
+
+def _run_stages(cfg: RunConfig, root: Path, log: Callable[[str], None]) -> Path:
     dump_yaml(cfg, root / CONFIG_FILE)
     runner = Runner(root, log)
     t0 = time.time()
