@@ -77,6 +77,34 @@ def test_ensemble_labels_keep_only_what_the_ensemble_judges_successful(expert_ep
     assert not success.extras["replay_success"].any()
 
 
+def test_kept_rollouts_are_judged_on_the_replay_of_the_actions_they_keep(expert_episode,
+                                                                         tmp_path):
+    """The ensemble ends a rollout at its first success and the learner gets only those
+    actions: the diagnostic must replay them, not the LLM's whole sequence, whose later pushes
+    may undo the goal (that counted right labels as wrong)."""
+    from kalm.envs.registry import make_env
+    from kalm.imagination.quality import replay_actions
+
+    env = make_env(CLEVR, "paper")
+    s0, acts = expert_episode.observations[0], list(expert_episode.actions)
+    undo = next(a for a in range(CLEVR.spec.action_dim)  # a push that breaks the goal again
+                if not replay_actions(CLEVR, env, GOAL, s0, [*acts, a, a])[1])
+    longer = np.array([*acts, undo, undo])
+    # the LLM predicts that nothing moves (its own label: failure); the ensemble, here the
+    # simulator itself, sees the goal met after the expert's pushes
+    rollout = imagined(expert_episode, np.repeat(s0[None], len(longer) + 1, axis=0), longer)
+    rollout.extras.update(replay_success=False, replayed=True)  # as `kalm imagine` stores it
+    src = _write([rollout], tmp_path / "imagined.h5")
+    stats = label_level(src, tmp_path / "ens", LabelConfig("ensemble"), CLEVR,
+                        SimulatorDynamics(GOAL))
+    kept = read_episodes(tmp_path / "ens" / "labelled-success.h5")
+    assert kept.lengths[0] == len(acts)  # cut where the goal first holds
+    assert kept.extras["replay_success"][0] and not kept.extras["replay_success_uncut"][0]
+    d = stats["diagnostic"]
+    assert d["replayed_successful_of_kept"] == 1 and d["labeller"]["precision"] == 1.0
+    assert d["replayed_successful"] == 0  # the LLM's rollouts as generated: none ends there
+
+
 def test_no_judged_success_writes_no_success_file_and_trains_no_bc_kalm_policy(
         expert_episode, tmp_path):
     _, wrong = _rollouts(expert_episode)
