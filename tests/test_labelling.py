@@ -127,6 +127,32 @@ def test_no_judged_success_writes_no_success_file_and_trains_no_bc_kalm_policy(
                                                           "kalm-rephrase-seed0"]
 
 
+def test_a_level_whose_kept_rollouts_cover_too_few_tasks_trains_no_kalm_policy(
+        expert_episode, tmp_path):
+    """One judged success of three tasks: under rl.min_kept_share 0.5 the level has no KALM
+    policy for a learner of the successes (and the report says why), above it, it has one; a
+    learner of every rollout is never short."""
+    from kalm.eval.report import imagined_use_table
+
+    right, wrong = _rollouts(expert_episode)
+    root = tmp_path / "run"
+    src = _write([right, wrong, wrong], imagined_data(root, "rephrase"))
+    label_level(src, label_folder(root, "rephrase"), LabelConfig(), CLEVR,
+                SimulatorDynamics(GOAL))
+
+    def runs(algo, share):
+        cfg = RunConfig(out=str(root), imagine=dataclasses.replace(
+            RunConfig().imagine, levels={"rephrase": 2}), rl=dataclasses.replace(
+            RunConfig().rl, keep={"cql": "all"}, min_kept_share=share))
+        return cfg, [name for name, _ in policy_runs(compare_config(cfg, algo, root), 0)]
+
+    assert runs("bc", 0.0)[1] == runs("bc", 0.3)[1] == ["baseline-seed0", "kalm-rephrase-seed0"]
+    cfg, names = runs("bc", 0.5)
+    assert names == ["baseline-seed0"]
+    assert runs("cql", 0.5)[1] == ["baseline-seed0", "kalm-rephrase-seed0"]
+    assert "1 of 3 tasks kept, under rl.min_kept_share 0.50" in imagined_use_table(root, cfg)
+
+
 def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_llm(
         expert_episode, tmp_path):
     right, wrong = _rollouts(expert_episode)
@@ -148,6 +174,14 @@ def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_l
 
     name, files, ratio = train_data("bc")
     assert name == "kalm-rephrase-seed0" and ratio == 0.25
+    # a share per algorithm; the level's own share still wins
+    per_algo = dataclasses.replace(cfg.rl, algo_ratios={"cql": 0.1})
+    assert per_algo.ratio_for("rephrase", "cql") == 0.25
+    assert dataclasses.replace(per_algo, level_ratios={}).ratio_for("rephrase", "cql") == 0.1
+    assert dataclasses.replace(per_algo, level_ratios={}).ratio_for("rephrase", "bc") == 0.5
+    by_algo = dataclasses.replace(cfg, rl=dataclasses.replace(per_algo, level_ratios={}))
+    assert compare_config(by_algo, "cql", root).imagined_ratio == 0.1
+    assert compare_config(by_algo, "bc", root).imagined_ratio == 0.5
     bc_data = read_episodes(files[0])
     assert len(bc_data) == 1 and bc_data.extras["ensemble_success"].all()
     name, files, ratio = train_data("cql")
@@ -165,6 +199,8 @@ def test_bc_learns_only_from_judged_successes_cql_from_all_paper_mode_from_the_l
     ("rl", {"keep": {"bc": "best"}}, "rl.keep.bc"),
     ("rl", {"level_ratios": {"rephrase": 1.0}}, "rl.level_ratios.rephrase"),
     ("rl", {"level_ratios": {"novel": 0.2}}, r"levels \['novel'\] are not imagined"),
+    ("rl", {"algo_ratios": {"cql": 0.0}}, "rl.algo_ratios.cql"),
+    ("rl", {"algo_ratios": {"iql": 0.2}}, r"rl.algo_ratios: \['iql'\] not among rl.algos"),
     ("rl", {"imagined_ratio": 0.0}, "rl.imagined_ratio"),
     ("rl", {"reference_rows": ["oracle"]}, "rl.reference_rows: unknown row 'oracle'"),
     ("label", {"min_votes": 6}, r"label.min_votes \(6\) exceeds dynamics.members \(5\)"),

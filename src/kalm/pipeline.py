@@ -213,7 +213,8 @@ def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = Non
     if variant == PAPER:
         return {**base, "variant": PAPER}
     return {**base, **({"variant": variant} if variant else {}), "keep": cfg.rl.keep_for(algo),
-            "imagined_ratio": {lv: cfg.rl.ratio_for(lv) for lv in levels}}
+            "imagined_ratio": {lv: cfg.rl.ratio_for(lv, algo) for lv in levels},
+            **({"min_kept_share": cfg.rl.min_kept_share} if cfg.rl.min_kept_share else {})}
 
 
 def label_config(cfg: RunConfig, level: str) -> dict[str, Any]:

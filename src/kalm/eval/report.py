@@ -43,6 +43,7 @@ from kalm.run_folder import (
     reference_label_folder,
     reference_policy_stage,
     stage_names,
+    too_few_kept,
     variants,
 )
 
@@ -272,7 +273,10 @@ def imagined_use_table(root: Path, cfg) -> str:
                     lines.append(f"| {algo.upper()} | {row} | {lv} | not labelled yet | | | |")
                     continue
                 used = st["kept"][keep]
-                share = f"{cfg.rl.ratio_for(lv):.2f}" if used else "0 (no policy trained)"
+                share = f"{cfg.rl.ratio_for(lv, algo):.2f}" if used else "0 (no policy trained)"
+                if used and too_few_kept(st, keep, cfg.rl.min_kept_share):
+                    share = (f"0 (no policy trained: {used} of {st['kept']['all']} tasks kept, "
+                             f"under rl.min_kept_share {cfg.rl.min_kept_share:.2f})")
                 what = "judged successful" if keep == "success" else "every kept rollout"
                 lines.append(f"| {algo.upper()} | {row} | {lv} | {st['labeller']}, {what} | "
                              f"{used} | {st['transitions'][keep]} | {share} |")
