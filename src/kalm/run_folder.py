@@ -130,6 +130,13 @@ def reference_label_folder(root: Path, level: str, variant: str | None) -> Path:
     return label_folder(root, level)
 
 
+def label_stats(root: Path, level: str, variant: str | None = None) -> dict[str, Any] | None:
+    """The `label_stats.json` of the folder a KALM variant reads for LEVEL, or None before it
+    is labelled."""
+    path = reference_label_folder(root, level, variant) / STATS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def variants(cfg: RunConfig) -> list[str | None]:
     """The RL stage variants of a run: the default, then the RL reference rows asked for."""
     return [None, *(r for r in cfg.rl.reference_rows if r in RL_REFERENCES)]
@@ -217,7 +224,7 @@ class RLStage:
         return self.keep.get(algo, "success")
 
     def algo_ratio(self, algo: str | None) -> float:
-        return self.algo_ratios.get(algo, self.imagined_ratio) if algo else self.imagined_ratio
+        return self.algo_ratios.get(algo, self.imagined_ratio)
 
     def ratio_for(self, level: str, algo: str | None = None) -> float:
         return self.level_ratios.get(level, self.algo_ratio(algo))
@@ -386,12 +393,10 @@ def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
         return {lv: str(imagined_data(root, lv)) for lv in cfg.imagine.levels}
     out = {}
     for lv in cfg.imagine.levels:
-        folder = reference_label_folder(root, lv, variant)
-        path = labelled_file(folder, cfg.rl.keep_for(algo))
-        stats = folder / STATS_FILE
-        if path is not None and not too_few_kept(
-                json.loads(stats.read_text()) if stats.exists() else None,
-                cfg.rl.keep_for(algo), cfg.rl.min_kept_share):
+        keep = cfg.rl.keep_for(algo)
+        path = labelled_file(reference_label_folder(root, lv, variant), keep)
+        if path is not None and not too_few_kept(label_stats(root, lv, variant), keep,
+                                                 cfg.rl.min_kept_share):
             out[lv] = str(path)
     return out
 

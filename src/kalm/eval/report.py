@@ -39,8 +39,8 @@ from kalm.run_folder import (
     evaluate_stage,
     imagine_stage,
     imagined_data,
+    label_stats,
     load_run,
-    reference_label_folder,
     reference_policy_stage,
     stage_names,
     too_few_kept,
@@ -202,15 +202,6 @@ def task_table(root: Path, cfg) -> str | None:
     return "\n".join(lines)
 
 
-def _label_stats(root: Path, level: str, variant: str | None = None
-                 ) -> dict[str, Any] | None:
-    """The label stage's stats of LEVEL (the shoot or verify stage's for those rows)."""
-    from kalm.imagination.labelling import STATS_FILE
-
-    path = reference_label_folder(root, level, variant) / STATS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def labelling_table(root: Path, levels: list[str], shooting: bool = False,
                     verified: bool = False) -> str:
     """Per level: what was generated, what the labeller kept and judged successful, and (a
@@ -224,7 +215,7 @@ def labelling_table(root: Path, levels: list[str], shooting: bool = False,
                                             else []) + \
         ([(lv, VERIFIED) for lv in levels] if verified else [])
     for lv, variant in rows:
-        st = _label_stats(root, lv, variant)
+        st = label_stats(root, lv, variant)
         if st is None:
             lines.append(f"| {lv} | not labelled yet | | | | | | | |")
             continue
@@ -268,7 +259,7 @@ def imagined_use_table(root: Path, cfg) -> str:
                     continue
                 keep = cfg.rl.keep_for(algo)
                 row = "KALM" if variant is None else METHOD_NAMES[variant]
-                st = _label_stats(root, lv, variant)
+                st = label_stats(root, lv, variant)
                 if st is None:
                     lines.append(f"| {algo.upper()} | {row} | {lv} | not labelled yet | | | |")
                     continue
