@@ -173,6 +173,66 @@ def test_losses_ignore_padding(tiny, builder):
                                                           rel=1e-4)
 
 
+def test_split_by_length_hand_made():
+    from kalm.llm.batching import split_by_length
+
+    # two long rollouts, two short dynamics prompts: one pass each, whatever the order
+    assert split_by_length([200, 10, 200, 12], 2) == [[1, 3], [0, 2]]
+    assert split_by_length([200, 10, 200, 12], 1) == [[1, 3, 0, 2]]
+    # a pass costs more than the padding it saves: one pass
+    assert split_by_length([200, 10, 200, 12], 2, overhead=1000) == [[1, 3, 0, 2]]
+    # three lengths, three passes allowed, no overhead: one per length
+    assert split_by_length([5, 50, 500, 5], 3) == [[0, 3], [1], [2]]
+    assert split_by_length([], 2) == []
+    with pytest.raises(ValueError, match="max_groups"):
+        split_by_length([3], 0)
+
+
+def test_length_groups_give_the_same_losses_and_gradients(tiny, builder):
+    """Rows of very different length through the backbone in separate passes: the same losses
+    and gradients as one padded pass."""
+    torch.manual_seed(0)
+    model = build_rollout_model(tiny, SPEC, ModelConfig(), AdapterConfig(mode="full"))
+    data = episodes(8, max_len=6)
+    col = Collator(data, builder, Paraphrases(), "discrete", 40)
+    ds = GroundingSamples(8, 8, 1, {o: 1.0 for o in
+                                    ("rollout", "dynamics", "consequence", "explanation")}, 0)
+    batch = col([ds[i] for i in range(8)])
+    lengths = batch["attention_mask"].sum(1)
+    assert int(lengths.max()) > 2 * int(lengths.min())  # the case the split is for
+
+    def run(groups):
+        model.zero_grad()
+        out = grounding_losses(model, batch, length_groups=groups)
+        out["loss"].backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()
+                     if p.grad is not None}
+
+    one, g1 = run(1)
+    three, g3 = run(3)
+    for k in one:
+        assert float(three[k].detach()) == pytest.approx(float(one[k].detach()), rel=1e-5,
+                                                     abs=1e-6), k
+    assert g1.keys() == g3.keys()
+    for n in g1:
+        torch.testing.assert_close(g3[n], g1[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_length_groups_must_be_positive():
+    with pytest.raises(ValueError, match="length_groups"):
+        GroundConfig(length_groups=0)
+
+
+def test_metrics_passes_cover_every_sequence_once(builder):
+    from kalm.llm.metrics import length_batches
+
+    lengths = [200] * 5 + [9] * 40 + [201]
+    chunks = length_batches(lengths, 4, positions=90)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    assert [len(c) for c in chunks] == [10, 10, 10, 10, 4, 2]  # short ones 10 to a pass
+    assert chunks[-1] == [4, 45]  # sorted: the longest last
+
+
 # ---------------------------------------------------------------- saving and training
 def _train(tmp_path, tokenizer, name, steps, resume=False, mode="lora", **kw):
     data_path = tmp_path / "real.h5"
@@ -537,10 +597,12 @@ def test_delta_state_head_saves_its_statistics(tmp_path, tokenizer):
 
 
 def test_metrics_cost_is_counted_in_padded_positions():
-    """Batches of 16 in order, each padded to its longest: what the metrics' passes compute."""
+    """Passes sorted by length, each padded to its longest: what the metrics' passes compute."""
     from kalm.llm.train import padded_tokens
 
     assert padded_tokens([3] * 16, 16) == 48
-    assert padded_tokens([3] * 15 + [200], 16) == 3200  # one long rollout pads its batch
-    assert padded_tokens([200] + [3] * 16, 16) == 16 * 200 + 3
-    assert padded_tokens([5, 7], 1) == 12
+    assert padded_tokens([3] * 15 + [200], 16) == 45 + 200  # a long rollout: its own pass
+    # 2,000 one-step prompts: many to a pass (4096 positions), no padding
+    assert padded_tokens([3] * 2000, 16) == 6000
+    assert padded_tokens([200, 3] * 16, 16) == 16 * 200 + 16 * 3  # sorted: no padding
+    assert padded_tokens([5, 7], 1) == 14  # one pass: short rows go many to a pass

@@ -178,7 +178,7 @@ LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes":
 # the same for fields of the grounding's `model` section
 LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21}
 # Settings that change speed or placement, never results.
-SPEED_ONLY = ("workers", "device")
+SPEED_ONLY = ("workers", "device", "length_groups")
 
 
 def _hashed(d: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kalm.llm.batching import split_by_length
 from kalm.llm.model import RolloutModel
 from kalm.llm.prompts import CONSEQUENCE, DYNAMICS, EXPLANATION, IGNORE, OBJECTIVES, ROLLOUT
+
+# a backbone pass's fixed cost in padded positions, for splitting a batch by length (measured
+# on a 2-core CPU with the default backbone, BENCHMARKS.md "Grounding in length groups")
+PASS_OVERHEAD_POSITIONS = 32
 
 
 @dataclass
@@ -34,13 +39,46 @@ def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     return (values * m).sum(1) / count.clamp_min(1.0), count > 0
 
 
+def computed_positions(lengths: list[int], max_groups: int) -> int:
+    """Positions the backbone computes for a batch of these lengths in `hidden_by_length`."""
+    return sum(len(rows) * max(lengths[r] for r in rows)
+               for rows in split_by_length(lengths, max_groups, PASS_OVERHEAD_POSITIONS))
+
+
+def hidden_by_length(model: RolloutModel, x: torch.Tensor, attention_mask: torch.Tensor,
+                     max_groups: int = 1) -> torch.Tensor:
+    """The backbone's hidden states (B, L, hidden) of a right-padded batch, computed in up to
+    `max_groups` passes over rows of similar length (`split_by_length`). Right padding and a
+    causal mask make every real position's state independent of how far its row is padded,
+    so the result equals one pass over the whole batch (to float rounding), at fewer
+    positions."""
+    lengths = attention_mask.sum(1).tolist()
+    groups = split_by_length(lengths, max_groups, PASS_OVERHEAD_POSITIONS)
+    if len(groups) <= 1:
+        return model.hidden(x, attention_mask=attention_mask)[0]
+    width = x.shape[1]
+    parts, order = [], []
+    for rows in groups:
+        n = max(lengths[r] for r in rows)
+        idx = torch.tensor(rows, device=x.device)
+        h, _ = model.hidden(x[idx, :n], attention_mask=attention_mask[idx, :n])
+        parts.append(F.pad(h, (0, 0, 0, width - n)))
+        order.extend(rows)
+    inverse = torch.empty(len(order), dtype=torch.long, device=x.device)
+    inverse[torch.tensor(order, device=x.device)] = torch.arange(len(order), device=x.device)
+    return torch.cat(parts)[inverse]
+
+
 def grounding_losses(model: RolloutModel, batch: dict[str, torch.Tensor],
-                     weights: LossWeights | None = None) -> dict[str, torch.Tensor]:
-    """Total loss plus detached per-objective terms for logging."""
+                     weights: LossWeights | None = None, length_groups: int = 1
+                     ) -> dict[str, torch.Tensor]:
+    """Total loss plus detached per-objective terms for logging. `length_groups` > 1 runs the
+    backbone over rows of similar length separately (`hidden_by_length`): same losses, less
+    padding."""
     weights = weights or LossWeights()
     x = model.embed(batch["input_ids"], batch["state_in_mask"], batch["state_in"],
                     batch["action_in_mask"], batch["action_in"])
-    h, _ = model.hidden(x, attention_mask=batch["attention_mask"])
+    h = hidden_by_length(model, x, batch["attention_mask"], length_groups)
     objective = batch["objective"]
     zero = h.new_zeros((), dtype=torch.float32)
     out: dict[str, torch.Tensor] = {}
@@ -121,10 +159,12 @@ def action_bin_loss(model: RolloutModel, logits: torch.Tensor, actions: torch.Te
 class GroundingObjective(torch.nn.Module):
     """The losses as a module's forward, so DDP/DeepSpeed (through accelerate) see the graph."""
 
-    def __init__(self, model: RolloutModel, weights: LossWeights | None = None) -> None:
+    def __init__(self, model: RolloutModel, weights: LossWeights | None = None,
+                 length_groups: int = 1) -> None:
         super().__init__()
         self.model = model
         self.weights = weights or LossWeights()
+        self.length_groups = length_groups
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return grounding_losses(self.model, batch, self.weights)
+        return grounding_losses(self.model, batch, self.weights, self.length_groups)

@@ -25,12 +25,35 @@ from kalm.llm.prompts import PromptBuilder
 
 EXPLAIN_TOKENS = 40  # greedy explanation length limit
 EXPLAIN_BATCH = 16
-METRICS_BATCH = 16  # sequences per teacher-forced pass of the metrics
+METRICS_BATCH = 16  # sequences per teacher-forced pass of the metrics, at most
+# padded positions per teacher-forced pass, at most: short one-step prompts (Meta-World's
+# 100-step episodes give thousands of them) go many to a pass instead of 16
+METRICS_POSITIONS = 4096
 
 
 def _batches(seqs, size):
     for i in range(0, len(seqs), size):
         yield seqs[i : i + size]
+
+
+def length_batches(lengths: list[int], size: int, positions: int = METRICS_POSITIONS
+                   ) -> list[list[int]]:
+    """Indices of sequences of these lengths, sorted by length, in passes of up to `size` rows
+    (or, when the longest in a pass is short, up to `positions` / longest), a pass's longest
+    at most twice its shortest: little padding, few passes. Order does not matter to the
+    metrics, which are means."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    for i in order:
+        if chunk and (len(chunk) + 1 > max(size, positions // max(lengths[i], 1))
+                      or lengths[i] > 2 * lengths[chunk[0]]):
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(i)
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 @torch.no_grad()
@@ -42,7 +65,8 @@ def _state_errors(model: RolloutModel, builder: PromptBuilder, seqs,
     spec = model.spec
     device = model_device(model)
     norm_sq, metres, hits = [], [], []
-    for chunk in _batches(seqs, batch_size):
+    for rows in length_batches([len(q) for q in seqs], batch_size):
+        chunk = [seqs[i] for i in rows]
         b = to_device(collate(chunk, builder.pad_id, spec.obs_dim, spec.action_type,
                               spec.action_dim), device)
         x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],

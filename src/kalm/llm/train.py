@@ -26,7 +26,12 @@ from kalm.io import write_json
 from kalm.llm.backbone import Backbone, load_backbone
 from kalm.llm.batching import Collator, GroundingSamples, Paraphrases
 from kalm.llm.device import model_device, resolve_bf16, resolve_device, to_device
-from kalm.llm.losses import GroundingObjective, LossWeights, grounding_losses
+from kalm.llm.losses import (
+    GroundingObjective,
+    LossWeights,
+    computed_positions,
+    grounding_losses,
+)
 from kalm.llm.model import DEGENERATE_STD, ModelConfig, RolloutModel, RolloutSpec
 from kalm.llm.prompts import OBJECTIVES, PromptBuilder
 from kalm.llm.saving import (
@@ -56,6 +61,10 @@ class GroundConfig:
     steps: int | None = None  # optimizer steps; wins over epochs
     epochs: float = 1.0
     batch_size: int = 8
+    # backbone passes per batch over rows of similar length: the objectives' prompts differ
+    # ~10x in length, so one padded pass computes mostly padding; same losses, less work
+    # (BENCHMARKS.md "Grounding in length groups": Meta-World steps 0.51x the time of one pass)
+    length_groups: int = 3
     lr: float | None = None  # default: 5e-4 with LoRA, 1e-4 for full fine-tuning
     # learning rate of the new layers (state/action embeddings and heads) as a multiple of `lr`:
     # they start from scratch while the adapter nudges a pretrained network
@@ -93,6 +102,8 @@ class GroundConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.length_groups < 1:
+            raise ValueError(f"length_groups must be at least 1, got {self.length_groups}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):
@@ -348,14 +359,14 @@ class Grounder:
 
 @torch.no_grad()
 def evaluate_losses(model: RolloutModel, batches: list[dict[str, torch.Tensor]],
-                    weights: LossWeights, autocast) -> dict[str, float]:
+                    weights: LossWeights, autocast, length_groups: int = 1) -> dict[str, float]:
     model.eval()
     device = model_device(model)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for batch in batches:
         with autocast():
-            out = grounding_losses(model, to_device(batch, device), weights)
+            out = grounding_losses(model, to_device(batch, device), weights, length_groups)
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)
             counts[k] = counts.get(k, 0) + 1
@@ -370,10 +381,12 @@ _UNBOUNDED_STEPS = 10_000_000  # data stream length while a budget has not fixed
 
 @torch.no_grad()
 def padded_tokens(lengths: list[int], batch_size: int) -> int:
-    """Positions a pass over sequences of these lengths computes, batched in order and padded
-    to each batch's longest (as the metrics batch them)."""
-    return sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
-               for i in range(0, len(lengths), batch_size))
+    """Positions the metrics' passes over sequences of these lengths compute (`length_batches`,
+    each pass padded to its longest)."""
+    from kalm.llm.metrics import length_batches
+
+    return sum(len(rows) * max(lengths[i] for i in rows)
+               for rows in length_batches(lengths, batch_size))
 
 
 def estimate_metrics_seconds(g: Grounder, model: RolloutModel, eval_s: float,
@@ -544,7 +557,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
     # the scheduler is stepped here once per optimizer step (accelerate's wrapper would step it
     # once per process)
     objective, optimizer, loader = acc.prepare(
-        GroundingObjective(model, cfg.loss_weights), optimizer, loader)
+        GroundingObjective(model, cfg.loss_weights, cfg.length_groups), optimizer, loader)
     if start:
         loader = acc.skip_first_batches(loader, start)
     log = _Log(out, start) if acc.is_main_process else None
@@ -557,7 +570,7 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         t = time.perf_counter()
         if val_batches and log is not None:
             log.write(at, "val", evaluate_losses(inner, val_batches, cfg.loss_weights,
-                                                 acc.autocast))
+                                                 acc.autocast, cfg.length_groups))
         return time.perf_counter() - t
 
     def checkpoint(at: int) -> float:
@@ -608,8 +621,8 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
             eval_s = validate(step)
             save_s = checkpoint(step)  # timed here, rewritten below with the fitted length
             metrics_s = estimate_metrics_seconds(g, inner, eval_s, sum(
-                b["attention_mask"].numel() for b in val_batches)) if acc.is_main_process \
-                else 0.0
+                computed_positions(b["attention_mask"].sum(1).tolist(), cfg.length_groups)
+                for b in val_batches)) if acc.is_main_process else 0.0
             timed = step_times[1:] if len(step_times) > 2 else step_times
             box = list(fit_budget(cfg, step, time.time() - t_start, float(np.mean(timed)),
                                   eval_s, save_s, metrics_s))
