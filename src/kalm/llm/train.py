@@ -594,7 +594,9 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
         if total is not None and step >= total:
             break
         attn = batch["attention_mask"]
-        token_counts.append((int(attn.sum()), attn.numel()))  # (real tokens, padded width)
+        # (real tokens, positions the backbone computes in this batch's length groups)
+        token_counts.append((int(attn.sum()), computed_positions(attn.sum(1).tolist(),
+                                                                 cfg.length_groups)))
         with acc.autocast():
             losses = objective(batch)
         acc.backward(losses["loss"])
