@@ -266,7 +266,12 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
 
 
 def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_path):
-    from kalm.eval.report import imagined_use_table, labelling_table, success_table
+    from kalm.eval.report import (
+        imagined_use_table,
+        labelling_table,
+        success_table,
+        untrained_levels,
+    )
 
     right, wrong = _rollouts(expert_episode)
     root = tmp_path / "run"
@@ -290,6 +295,14 @@ def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_
                         "episodes_per_level_and_seed": {"easy": 300}}}
     assert "| easy | 300 | 60.0 ± 10.0 | 60.0 ± 0.0 | 10.0 ± 0.0 |" in success_table(summaries)
     assert "BC KALM, paper mode" in success_table(summaries)
+    # a level whose labels keep nothing trains no KALM policy: its cell says so
+    untrained = {"bc": untrained_levels(root, dataclasses.replace(
+        cfg, rl=dataclasses.replace(cfg.rl, min_kept_share=0.9)), "bc")}
+    assert untrained == {"bc": {"kalm": {"rephrase"}}}  # 1 of 3 tasks kept, under 0.9
+    summaries["bc"]["success"]["baseline"]["rephrase"] = [0.4]
+    table = success_table(summaries, untrained)
+    assert "| rephrase | - | 40.0 ± 0.0 | = real only | - |" in table
+    assert "| easy | 300 | 60.0 ± 10.0 | 60.0 ± 0.0 | 10.0 ± 0.0 |" in table
 
 
 # ----------------------------------------------------------------- rollouts without the LLM

@@ -106,10 +106,32 @@ def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
     return out
 
 
-def success_table(summaries: dict[str, dict[str, Any]]) -> str:
+def untrained_levels(root: Path, cfg, algo: str) -> dict[str, set[str]]:
+    """Per method, the levels whose labels leave that KALM variant nothing to learn from (no
+    rollout kept, or too few tasks covered, rl.min_kept_share): it trains no policy there, so
+    what it would be evaluated as is the real-only policy. The paper mode keeps every rollout."""
+    out: dict[str, set[str]] = {}
+    for variant in variants(cfg):
+        if variant == PAPER:
+            continue
+        keep = cfg.rl.keep_for(algo)
+        for lv in cfg.imagine.levels:
+            st = label_stats(root, lv, variant)
+            if st is not None and (not st["kept"][keep]
+                                   or too_few_kept(st, keep, cfg.rl.min_kept_share)):
+                out.setdefault("kalm" if variant is None else variant, set()).add(lv)
+    return out
+
+
+def success_table(summaries: dict[str, dict[str, Any]],
+                  untrained: dict[str, dict[str, set[str]]] | None = None) -> str:
+    """Success per level and method; `untrained` (per algorithm, `untrained_levels`) marks
+    the KALM cells of levels with no policy "= real only" instead of leaving them blank."""
+    untrained = untrained or {}
     algos = list(summaries)
     shown = [m for m in METHOD_NAMES
-             if any(s["success"].get(m) for s in summaries.values())]
+             if any(s["success"].get(m) for s in summaries.values())
+             or any(untrained.get(a, {}).get(m) for a in algos)]
     levels = ordered_levels([lv for s in summaries.values() for m in shown
                              for lv in s["success"].get(m, {})])
     head = "| level | episodes / seed | " + " | ".join(
@@ -118,7 +140,10 @@ def success_table(summaries: dict[str, dict[str, Any]]) -> str:
     for lv in levels:
         eps = next((s["episodes_per_level_and_seed"].get(lv) for s in summaries.values()
                     if lv in s["episodes_per_level_and_seed"]), "-")
-        cells = [fmt_rate(summaries[a]["success"].get(m, {}).get(lv, []))
+        cells = ["= real only"
+                 if lv in untrained.get(a, {}).get(m, set())
+                 and not summaries[a]["success"].get(m, {}).get(lv)
+                 else fmt_rate(summaries[a]["success"].get(m, {}).get(lv, []))
                  for a in algos for m in shown]
         lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -407,7 +432,9 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
             "the same algorithm on the real episodes only; *KALM* adds that level's imagined "
             f"rollouts as labelled by the `{cfg.label.labeller}` labeller, in the share of "
             "every batch the table below gives; *paper mode* (when run) adds every rollout "
-            "with the LLM's own labels 1:1, as the paper does.", "", success_table(summaries),
+            "with the LLM's own labels 1:1, as the paper does; \"= real only\": no KALM "
+            "policy for that level (too little kept, next table).", "",
+            success_table(summaries, {a: untrained_levels(root, cfg, a) for a in summaries}),
             "", "### Imagined data each KALM policy learned from", "",
             imagined_use_table(root, cfg), ""]
         llm = llm_policy_table(root, list(cfg.evaluate.levels))
