@@ -39,6 +39,7 @@ from kalm.run_folder import (
     evaluate_stage,
     imagine_stage,
     imagined_data,
+    kalm_data,
     label_stats,
     load_run,
     reference_policy_stage,
@@ -107,18 +108,16 @@ def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
 
 
 def untrained_levels(root: Path, cfg, algo: str) -> dict[str, set[str]]:
-    """Per method, the levels whose labels leave that KALM variant nothing to learn from (no
-    rollout kept, or too few tasks covered, rl.min_kept_share): it trains no policy there, so
-    what it would be evaluated as is the real-only policy. The paper mode keeps every rollout."""
+    """Per method, the labelled levels that KALM variant trains no policy on (`kalm_data`
+    leaves them out: no rollout kept, or too few tasks covered), so what it would be
+    evaluated as is the real-only policy. The paper mode keeps every rollout."""
     out: dict[str, set[str]] = {}
     for variant in variants(cfg):
         if variant == PAPER:
             continue
-        keep = cfg.rl.keep_for(algo)
+        trained = kalm_data(cfg, root, algo, variant)
         for lv in cfg.imagine.levels:
-            st = label_stats(root, lv, variant)
-            if st is not None and (not st["kept"][keep]
-                                   or too_few_kept(st, keep, cfg.rl.min_kept_share)):
+            if lv not in trained and label_stats(root, lv, variant) is not None:
                 out.setdefault("kalm" if variant is None else variant, set()).add(lv)
     return out
 

@@ -46,6 +46,11 @@ def objective_counts(weights: Mapping[str, float], batch_size: int) -> dict[str,
     return {k: counts.get(k, 0) for k in OBJECTIVES}
 
 
+def padded_positions(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
+    """Positions computed when each group of rows runs as one pass padded to its longest."""
+    return sum(len(rows) * max(lengths[r] for r in rows) for rows in groups)
+
+
 def split_by_length(lengths: Sequence[int], max_groups: int, overhead: int = 0
                   ) -> list[list[int]]:
     """Rows of a right-padded batch split into at most `max_groups` groups of similar length,

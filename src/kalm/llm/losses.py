@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kalm.llm.batching import split_by_length
+from kalm.llm.batching import padded_positions, split_by_length
 from kalm.llm.model import RolloutModel
 from kalm.llm.prompts import CONSEQUENCE, DYNAMICS, EXPLANATION, IGNORE, OBJECTIVES, ROLLOUT
 
@@ -41,8 +41,8 @@ def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
 
 def computed_positions(lengths: list[int], max_groups: int) -> int:
     """Positions the backbone computes for a batch of these lengths in `hidden_by_length`."""
-    return sum(len(rows) * max(lengths[r] for r in rows)
-               for rows in split_by_length(lengths, max_groups, PASS_OVERHEAD_POSITIONS))
+    return padded_positions(lengths,
+                            split_by_length(lengths, max_groups, PASS_OVERHEAD_POSITIONS))
 
 
 def hidden_by_length(model: RolloutModel, x: torch.Tensor, attention_mask: torch.Tensor,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from kalm.data.episodes import EpisodeData, read_episodes
 from kalm.io import write_json
 from kalm.llm.backbone import Backbone, load_backbone
-from kalm.llm.batching import Collator, GroundingSamples, Paraphrases
+from kalm.llm.batching import Collator, GroundingSamples, Paraphrases, padded_positions
 from kalm.llm.device import model_device, resolve_bf16, resolve_device, to_device
 from kalm.llm.losses import (
     GroundingObjective,
@@ -385,8 +385,7 @@ def padded_tokens(lengths: list[int], batch_size: int) -> int:
     each pass padded to its longest)."""
     from kalm.llm.metrics import length_batches
 
-    return sum(len(rows) * max(lengths[i] for i in rows)
-               for rows in length_batches(lengths, batch_size))
+    return padded_positions(lengths, length_batches(lengths, batch_size))
 
 
 def estimate_metrics_seconds(g: Grounder, model: RolloutModel, eval_s: float,
