@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -28,8 +30,24 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def _exit_with_parent() -> None:
+    """A worker blocks on its task queue, which it holds both ends of, so it never sees its
+    parent die (killed, or out of memory) and would live on as an orphan holding gigabytes;
+    this waits on the parent's sentinel and ends the worker when it fires."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        mp.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(threads: int) -> None:
     """Runs first in every worker: `threads` threads for torch and BLAS."""
+    _exit_with_parent()
     for var in _THREAD_VARS:
         os.environ.setdefault(var, str(threads))
     if "torch" in sys.modules:  # already imported while unpickling: set it directly
