@@ -82,6 +82,29 @@ def test_rollout_stops_when_success_first_holds(model, builder):
     assert len(rolls[1].actions) == 6 and not rolls[1].success
 
 
+def test_row_judges_replace_the_per_transition_check(model, builder):
+    seen = {0: [], 1: []}
+
+    def judge(row, stop):
+        def j(prev, action, state):
+            seen[row].append((prev.copy(), state.copy()))
+            return len(seen[row]) == stop
+        return j
+
+    rolls = imagine_batch(model, builder, INSTRUCTIONS[:2], s0(2), [GOAL] * 2, [10, 10],
+                          lambda *a: True, judges=[judge(0, 4), judge(1, 99)])
+    assert len(rolls[0].actions) == 4 and rolls[0].success
+    assert len(rolls[1].actions) == 10 and not rolls[1].success
+    # each judge saw its own row's transitions in order
+    for row, r in enumerate(rolls):
+        for t, (prev, state) in enumerate(seen[row]):
+            np.testing.assert_array_equal(prev, r.observations[t])
+            np.testing.assert_array_equal(state, r.observations[t + 1])
+    with pytest.raises(ValueError, match="1 judges for 2 rollouts"):
+        imagine_batch(model, builder, INSTRUCTIONS[:2], s0(2), [GOAL] * 2, [3, 3], never,
+                      judges=[judge(0, 1)])
+
+
 def test_generated_states_are_clamped_to_the_table(model, builder):
     rolls = imagine_batch(model, builder, INSTRUCTIONS, s0(3), [GOAL] * 3, [10] * 3, never)
     for r in rolls:

@@ -313,6 +313,11 @@ class _StepSuccessEnv:
     def success(goal, obs, prev=None, action=None):
         return bool(obs[0] >= 1.0)
 
+    @staticmethod
+    def first_success(goal, states, actions):
+        hits = [t for t in range(len(actions)) if states[t + 1][0] >= 1.0]
+        return hits[0] if hits else None
+
 
 def test_shooting_chooses_the_soonest_success_then_the_least_uncertain():
     from kalm.imagination.shooting import choose

@@ -110,6 +110,24 @@ def test_composite_judge_is_ordered():
     assert is_success(MAKE_COFFEE, _coffee_state(0.0, 0.03))
 
 
+def test_decoder_judge_and_labels_agree_on_an_ordered_goal():
+    """The mug arrives first, then the button overshoots and comes back: the ordered judge is met
+    at step 2 although no state there shows both stages; the decoder's step judge must stop
+    there too, or an imagined rollout carries a terminal before its last step."""
+    d = get_env("metaworld")
+    states = np.array([_coffee_state(0.15, 0.0), _coffee_state(0.0, 0.0),
+                       _coffee_state(0.0, 0.062), _coffee_state(0.0, 0.03),
+                       _coffee_state(0.0, 0.03)])
+    actions = np.zeros((4, 4), np.float32)
+    labels = d.successes(MAKE_COFFEE, states, actions)
+    per_state = [is_success(MAKE_COFFEE, s) for s in states[1:]]
+    assert labels.tolist() != per_state  # the case this guards: the two judges differ
+    judge = d.step_judge(MAKE_COFFEE, states[0])
+    stepped = [judge(states[t], actions[t], states[t + 1]) for t in range(4)]
+    assert stepped == labels.tolist()
+    assert d.first_success(MAKE_COFFEE, states, actions) == int(np.argmax(labels))
+
+
 def test_rewards_telescope_and_pay_the_success_step():
     goal = {"kind": "task", "task": "pick-place"}
     states = [_pick_place_state()]

@@ -253,15 +253,48 @@ class EnvDefinition:
         if rewards.shape != (len(acts),):
             raise ValueError(f"env {self.name!r}: episode_rewards returned {rewards.shape[0]} "
                              f"rewards for {len(acts)} actions")
+        return rewards, self.successes(goal, obs, acts)
+
+    def successes(self, goal: Mapping[str, Any], observations: np.ndarray,
+                  actions: np.ndarray) -> np.ndarray:
+        """(T,) the env's success per step (step t judged on the move into observations[t+1]):
+        `episode_successes` where the env has it (an ordered judge can hold where no single
+        state shows the goal), else `is_success` per transition."""
+        obs = np.asarray(observations, dtype=np.float64)
+        acts = np.asarray(actions)
         if self.episode_successes is not None:
-            terminals = np.asarray(self.episode_successes(goal, obs, acts), dtype=bool)
-            if terminals.shape != (len(acts),):
+            out = np.asarray(self.episode_successes(goal, obs, acts), dtype=bool)
+            if out.shape != (len(acts),):
                 raise ValueError(f"env {self.name!r}: episode_successes returned shape "
-                                 f"{terminals.shape} for {len(acts)} actions")
-            return rewards, terminals
-        terminals = np.array([self.success(goal, obs[t + 1], obs[t], action_item(acts[t]))
-                              for t in range(len(acts))], dtype=bool)
-        return rewards, terminals
+                                 f"{out.shape} for {len(acts)} actions")
+            return out
+        return np.array([self.success(goal, obs[t + 1], obs[t], action_item(acts[t]))
+                         for t in range(len(acts))], dtype=bool)
+
+    def first_success(self, goal: Mapping[str, Any], observations: np.ndarray,
+                      actions: np.ndarray) -> int | None:
+        """The first step whose transition meets the goal by `successes`, or None."""
+        hits = np.flatnonzero(self.successes(goal, observations, actions))
+        return int(hits[0]) if len(hits) else None
+
+    def step_judge(self, goal: Mapping[str, Any],
+                   s0: np.ndarray) -> Callable[[np.ndarray, Any, np.ndarray], bool]:
+        """A judge fed one transition (prev, action, state) at a time from s0 that answers as
+        `successes` would on the episode so far, so a decoder stops where the labels will put
+        the terminal. With `episode_successes` it re-judges the prefix each step (quadratic
+        in the length: ~100-step episodes cost milliseconds)."""
+        if self.episode_successes is None:
+            return lambda prev, action, state: self.success(goal, state, prev, action)
+        states = [np.asarray(s0, dtype=np.float64)]
+        actions: list[Any] = []
+
+        def judge(prev: np.ndarray, action: Any, state: np.ndarray) -> bool:
+            del prev  # the prefix holds it
+            states.append(np.asarray(state, dtype=np.float64))
+            actions.append(action)
+            return bool(self.successes(goal, np.asarray(states), np.asarray(actions))[-1])
+
+        return judge
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per-row distance between two state sequences (the env's hook, else Euclidean)."""

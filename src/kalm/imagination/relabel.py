@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
-from kalm.envs.base import EnvDefinition, action_item
+from kalm.envs.base import EnvDefinition
 from kalm.envs.registry import get_env
 
 EXTRA_KEYS = ("ensemble_success", "ensemble_uncertainty_mean", "ensemble_uncertainty_max",
@@ -82,11 +82,9 @@ def _check_dynamics(dynamics: Dynamics, definition: EnvDefinition) -> None:
 
 def first_success(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
                   actions: np.ndarray) -> int | None:
-    """The first step t whose transition (states[t] -> states[t+1]) meets the goal, or None."""
-    for t in range(len(actions)):
-        if definition.success(goal, states[t + 1], states[t], action_item(actions[t])):
-            return t
-    return None
+    """The first step t whose transition (states[t] -> states[t+1]) meets the goal, or None
+    (by the env's episode judge, the one the labels use)."""
+    return definition.first_success(goal, states, actions)
 
 
 def count_votes(definition: EnvDefinition, goal: dict[str, Any], member_states: np.ndarray,

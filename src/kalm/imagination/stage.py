@@ -160,7 +160,9 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
                                   [b[1] for b in batch], definition.success, temperature=temp,
                                   use_cache=cfg.use_cache,
                                   seeds=[proposal_seed(cfg.seed, b[0].index, b[4])
-                                         for b in batch])
+                                         for b in batch],
+                                  judges=[definition.step_judge(b[0].goal, b[2])
+                                          for b in batch])
             decoded += list(zip(batch, rolls, strict=True))
             bar.update(len(batch) / cfg.proposals)
     decoded.sort(key=lambda d: (d[0][0].index, d[0][4]))  # task order, then proposal order

@@ -117,8 +117,14 @@ def imagine_batch(
     seed: int = 0,
     use_cache: bool = True,
     seeds: Sequence[int] | None = None,
+    judges: Sequence[Callable[[np.ndarray, Any, np.ndarray], bool]] | None = None,
 ) -> list[Rollout]:
     """Decode one rollout per prompt; each stops when its goal's check first holds.
+
+    `judges` (one per row, fed (prev, action, state) each step; see
+    `EnvDefinition.step_judge`) replace `is_success` where success depends on the episode so
+    far, not on one transition: an ordered composite goal can be met before any single state
+    shows both stages, and the rollout must end there for its labels to agree.
 
     With a temperature, row i samples from its own stream seeded by `seeds[i]` (default: derived
     from (seed, i), which ties a row to its position; callers that batch work give each rollout
@@ -139,6 +145,8 @@ def imagine_batch(
     dec = _Decoder(model, x, b["attention_mask"], use_cache)
     if seeds is not None and len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds for {n} rollouts")
+    if judges is not None and len(judges) != n:
+        raise ValueError(f"{len(judges)} judges for {n} rollouts")
     gens = None
     if temperature > 0:
         gens = row_generators(seeds if seeds is not None else
@@ -166,7 +174,9 @@ def imagine_batch(
             s_new = host_new[i].copy()
             acts[i].append(a)
             obs[i].append(s_new)
-            if is_success(goals[i], s_new, obs[i][-2], a):
+            hit = (judges[i](obs[i][-2], a, s_new) if judges is not None
+                   else is_success(goals[i], s_new, obs[i][-2], a))
+            if hit:
                 done[i] = success[i] = True
             elif t + 1 >= limit[i]:
                 done[i] = True
