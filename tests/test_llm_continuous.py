@@ -360,6 +360,8 @@ def test_grounding_a_few_steps_on_continuous_episodes(tmp_path, tokenizer, build
     model, meta = load_rollout_model(tmp_path / "g", backbone=tiny_backbone(tokenizer=tokenizer))
     assert meta["model"]["action_head"] == head
     assert model.state_std[4:].tolist() == [1.0, 1.0]
+    # dims 4-5 never leave zero; the gripper (3) starts at zero and opens; 0-2 never start at 0
+    assert model.zero_held.tolist() == [False, False, False, False, True, True]
     rolls = imagine_batch(model, builder, INSTRUCTIONS[:1], s0(1), **_kw(1, 4))
     assert np.abs(rolls[0].actions).max() <= 1.0
 

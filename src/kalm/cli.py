@@ -455,11 +455,14 @@ def import_(source, fmt, out, env, level, source_kind, meta, allow_pickle,
 @click.option("--backbone", default=None, help="Load the model onto this local backbone folder.")
 @click.option("--clamp/--no-clamp", default=None,
               help="Clamp generated states to the reachable table (default: as trained).")
+@click.option("--hold-zeros", is_flag=True,
+              help="Keep the coordinates the grounding data never moved off zero (an absent "
+                   "entity's block) at zero where the start state has them at zero.")
 @click.option("--device", default="auto", show_default=True,
               help="Where the model runs: auto (cuda when present), cpu, cuda, cuda:N.")
 def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, seed,
             temperature, proposals, proposal_temperature, no_cache, filter_, filter_explanation,
-            backbone, clamp, device) -> None:
+            backbone, clamp, hold_zeros, device) -> None:
     """Imagine rollouts for a goal suite with a grounded model, labelled and quality-checked.
 
     Writes an episode file (source `imagined`) and OUT.stats.json with the match rates
@@ -478,7 +481,8 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
                         seed=seed, temperature=temperature, proposals=proposals,
                         proposal_temperature=proposal_temperature, use_cache=not no_cache,
                         filter=filter_, filter_explanation=filter_explanation,
-                        backbone=backbone, clamp=clamp, device=device)
+                        backbone=backbone, clamp=clamp, hold_zeros=hold_zeros,
+                        device=device)
     try:
         stats = run_imagine(cfg)
     except (SuiteError, BackboneError, CheckpointMismatch, FileNotFoundError, ValueError,

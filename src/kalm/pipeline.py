@@ -200,7 +200,8 @@ def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
             "filter_explanation": im.filter_explanation, "seed": im.seed,
             "suite_file": cfg.suite_file, **({"goals": im.goals} if im.goals is not None else {}),
             **({"proposals": im.proposals, "proposal_temperature": im.proposal_temperature}
-               if im.proposals > 1 else {})}
+               if im.proposals > 1 else {}),
+            **({"hold_zeros": True} if im.hold_zeros else {})}
 
 
 def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = None
@@ -297,7 +298,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 per_goal=im.levels[level], batch_size=im.batch_size,
                 max_steps=im.max_steps, seed=im.seed, temperature=im.temperature,
                 filter=im.filter, filter_explanation=im.filter_explanation, goals=im.goals,
-                proposals=im.proposals, proposal_temperature=im.proposal_temperature))
+                proposals=im.proposals, proposal_temperature=im.proposal_temperature,
+                hold_zeros=im.hold_zeros))
             return [out, out.with_suffix(".stats.json")]
 
         stages.append(Stage(imagine_stage(level), imagine_config(cfg, level), [GROUND],

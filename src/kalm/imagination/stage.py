@@ -57,6 +57,9 @@ class ImagineConfig:
     chunk_size: int = 128
     backbone: str | None = None  # load the model onto this local backbone folder instead
     clamp: bool | None = None  # override the model's clamping of generated states
+    # keep the coordinates the grounding data never moved off zero at zero where the start
+    # state has them at zero (an absent entity stays absent; RolloutModel.hold_zeros)
+    hold_zeros: bool = False
     device: str = "auto"  # where the model runs: auto = cuda when present, else cpu
     goals: int | None = None  # the suite's first N goals only (smoke runs, quick looks)
     # best-of-N: proposals per task from the same start state, the first at `temperature`
@@ -162,7 +165,7 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
                                   seeds=[proposal_seed(cfg.seed, b[0].index, b[4])
                                          for b in batch],
                                   judges=[definition.step_judge(b[0].goal, b[2])
-                                          for b in batch])
+                                          for b in batch], hold_zeros=cfg.hold_zeros)
             decoded += list(zip(batch, rolls, strict=True))
             bar.update(len(batch) / cfg.proposals)
     decoded.sort(key=lambda d: (d[0][0].index, d[0][4]))  # task order, then proposal order

@@ -118,6 +118,7 @@ def imagine_batch(
     use_cache: bool = True,
     seeds: Sequence[int] | None = None,
     judges: Sequence[Callable[[np.ndarray, Any, np.ndarray], bool]] | None = None,
+    hold_zeros: bool = False,
 ) -> list[Rollout]:
     """Decode one rollout per prompt; each stops when its goal's check first holds.
 
@@ -125,6 +126,9 @@ def imagine_batch(
     `EnvDefinition.step_judge`) replace `is_success` where success depends on the episode so
     far, not on one transition: an ordered composite goal can be met before any single state
     shows both stages, and the rollout must end there for its labels to agree.
+
+    `hold_zeros` keeps the model's `zero_held` coordinates at zero wherever a row's start
+    state has them at zero (an absent entity stays absent; see `RolloutModel.hold_zeros`).
 
     With a temperature, row i samples from its own stream seeded by `seeds[i]` (default: derived
     from (seed, i), which ties a row to its position; callers that batch work give each rollout
@@ -154,6 +158,7 @@ def imagine_batch(
                                for i in range(n)])
     host_states = np.asarray(initial_states, dtype=np.float32)
     states = torch.as_tensor(host_states).to(device)
+    start = states
     obs: list[list[np.ndarray]] = [[host_states[i].copy()] for i in range(n)]
     acts: list[list[Any]] = [[] for _ in range(n)]
     done = np.zeros(n, dtype=bool)
@@ -164,6 +169,8 @@ def imagine_batch(
         h = dec.feed(model.embed_actions(action))
         z = model.predict_state(h, states)
         new_states = model.clamp(model.denormalize(z))
+        if hold_zeros:
+            new_states = model.hold_zeros(new_states, start)
         host_actions = action.cpu().numpy()  # one transfer per step, not one per row
         host_new = new_states.float().cpu().numpy()
         for i in range(n):

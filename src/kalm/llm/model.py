@@ -80,6 +80,8 @@ ACTION_HEADS = ("regression", "bins")
 # training std below this counts as a constant dimension (e.g. an entity block that is always
 # zero in the training tasks): it is normalised with std 1, not divided by ~0
 DEGENERATE_STD = 1e-6
+# a coordinate this close to zero counts as zero for `zero_held` (simulator zeros are exact)
+ZERO_TOL = 1e-6
 STATE_HEADS = ("absolute", "residual", "delta")
 
 
@@ -152,6 +154,9 @@ class RolloutModel(nn.Module):
         self.register_buffer("delta_std", torch.ones(spec.obs_dim))
         low = spec.state_low if spec.state_low is not None else [-float("inf")] * spec.obs_dim
         high = spec.state_high if spec.state_high is not None else [float("inf")] * spec.obs_dim
+        # coordinates that stay zero in every training episode starting with them at zero
+        # (set by grounding; all False in models saved before it was measured)
+        self.register_buffer("zero_held", torch.zeros(spec.obs_dim, dtype=torch.bool))
         self.register_buffer("state_low", torch.tensor(low, dtype=torch.float32))
         self.register_buffer("state_high", torch.tensor(high, dtype=torch.float32))
         # from the spec (saved in the metadata), so not part of the saved weights
@@ -186,6 +191,13 @@ class RolloutModel(nn.Module):
         std = torch.as_tensor(std, dtype=torch.float32)
         self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.state_std.copy_(torch.where(std < DEGENERATE_STD, torch.ones_like(std), std))
+
+    def set_zero_held(self, mask: torch.Tensor) -> None:
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != self.zero_held.shape:
+            raise ValueError(f"zero_held mask has shape {tuple(mask.shape)}, expected "
+                             f"{tuple(self.zero_held.shape)}")
+        self.zero_held.copy_(mask)
 
     def set_delta_normalizer(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.delta_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -306,6 +318,12 @@ class RolloutModel(nn.Module):
         if not self.config.clamp_states:
             return states
         return torch.maximum(torch.minimum(states, self.state_high), self.state_low)
+
+    def hold_zeros(self, states: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Generated states (B, obs_dim) with the `zero_held` coordinates that are zero in
+        their rollout's start state (B, obs_dim) put back to zero."""
+        held = self.zero_held & (start.abs() <= ZERO_TOL)
+        return torch.where(held, torch.zeros_like(states), states)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": asdict(self.spec), "model": asdict(self.config)}

@@ -26,6 +26,8 @@ META = "kalm_model.json"
 WEIGHTS = "weights.safetensors"
 _BUFFERS = ("state_mean", "state_std", "state_low", "state_high")
 _DELTA_BUFFERS = ("delta_mean", "delta_std")  # saved by "delta" state heads only
+# saved always, optional on load: models saved before it was measured hold nothing
+_OPTIONAL_BUFFERS = ("zero_held",)
 
 
 def _buffers(model: RolloutModel) -> tuple[str, ...]:
@@ -93,7 +95,7 @@ def _existing_targets(lm: torch.nn.Module, targets: list[str]) -> list[str]:
 def trainable_state(model: RolloutModel) -> dict[str, torch.Tensor]:
     state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
              if p.requires_grad}
-    for b in _buffers(model):
+    for b in _buffers(model) + _OPTIONAL_BUFFERS:
         state[b] = getattr(model, b).detach().cpu().contiguous()
     return state
 
@@ -103,7 +105,8 @@ def load_trainable_state(model: RolloutModel, state: dict[str, torch.Tensor],
     buffers = set(_buffers(model))
     expected = {n for n, p in model.named_parameters() if p.requires_grad} | buffers
     missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - {n for n, _ in model.named_parameters()} - buffers)
+    unexpected = sorted(set(state) - {n for n, _ in model.named_parameters()} - buffers
+                        - set(_OPTIONAL_BUFFERS))
     if missing or unexpected:
         raise CheckpointMismatch(
             f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected "

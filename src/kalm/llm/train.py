@@ -32,7 +32,7 @@ from kalm.llm.losses import (
     computed_positions,
     grounding_losses,
 )
-from kalm.llm.model import DEGENERATE_STD, ModelConfig, RolloutModel, RolloutSpec
+from kalm.llm.model import DEGENERATE_STD, ZERO_TOL, ModelConfig, RolloutModel, RolloutSpec
 from kalm.llm.prompts import OBJECTIVES, PromptBuilder
 from kalm.llm.saving import (
     AdapterConfig,
@@ -197,6 +197,20 @@ def state_statistics(data: EpisodeData) -> tuple[np.ndarray, np.ndarray]:
     return states.mean(0), np.where(std < DEGENERATE_STD, np.ones_like(std), std + 1e-3)
 
 
+def zero_held_statistics(data: EpisodeData, tol: float = ZERO_TOL) -> np.ndarray:
+    """(obs_dim,) bool: coordinates that stay zero through every training episode that starts
+    with them at zero (e.g. the block of an entity a task does not have), and start at zero in
+    at least one. Imagination holds them at zero where its start state has them at zero: a
+    model that must re-predict an absent entity's zeros drifts there, and on Meta-World those
+    blocks carry most of the closed-loop state error (docs/results.md section 12)."""
+    t = np.arange(data.observations.shape[1])[None, :]
+    valid = (t <= data.lengths[:, None])[..., None]
+    obs = data.observations
+    starts_zero = np.abs(obs[:, 0]) <= tol  # (N, obs_dim)
+    leaves_zero = ((np.abs(obs) > tol) & valid).any(1)
+    return starts_zero.any(0) & ~(starts_zero & leaves_zero).any(0)
+
+
 def delta_statistics(data: EpisodeData) -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate mean/std of the one-step state changes of the training episodes (a
     coordinate that never changes gets std 1, as in `state_statistics`)."""
@@ -318,6 +332,7 @@ class Grounder:
         self.model = build_rollout_model(self.backbone, self.spec, cfg.model, cfg.adapter)
         mean, std = state_statistics(self.train_data)
         self.model.set_normalizer(torch.from_numpy(mean), torch.from_numpy(std))
+        self.model.set_zero_held(torch.from_numpy(zero_held_statistics(self.train_data)))
         if cfg.model.state_head == "delta":
             d_mean, d_std = delta_statistics(self.train_data)
             self.model.set_delta_normalizer(torch.from_numpy(d_mean), torch.from_numpy(d_std))
