@@ -186,7 +186,7 @@ class ImagineStage:
     # there is one
     proposals: int = 1
     proposal_temperature: float = 1.0
-    # keep coordinates the real data never moved off zero at zero (ModelConfig.hold_zeros)
+    # keep coordinates the real data never moved off zero at zero (RolloutModel.hold_zeros)
     hold_zeros: bool = False
 
 

@@ -37,7 +37,6 @@ from kalm.imagination.quality import replay_actions
 from kalm.imagination.relabel import (
     Dynamics,
     RelabelConfig,
-    first_success,
     judge_quality,
     relabel,
     select_proposals,
@@ -186,7 +185,7 @@ def verify_level(imagined: str | Path, out_dir: str | Path, definition: EnvDefin
                 raise ValueError(f"env {definition.name!r} can neither set a state nor replay "
                                  "actions: no simulator verification possible")
             states = np.asarray(replayed[0], np.float32)
-            t = first_success(definition, e.goal, states, actions)
+            t = definition.first_success(e.goal, states, actions)
             n = len(actions) if t is None else t + 1
             rewards, terminals = definition.labels(e.goal, states[: n + 1], actions[:n])
             labelled.append(Episode(states[: n + 1].copy(), actions[:n].copy(), rewards,

@@ -80,17 +80,10 @@ def _check_dynamics(dynamics: Dynamics, definition: EnvDefinition) -> None:
                              f"env {definition.name!r} has {k}={getattr(mine, k)!r}")
 
 
-def first_success(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
-                  actions: np.ndarray) -> int | None:
-    """The first step t whose transition (states[t] -> states[t+1]) meets the goal, or None
-    (by the env's episode judge, the one the labels use)."""
-    return definition.first_success(goal, states, actions)
-
-
 def count_votes(definition: EnvDefinition, goal: dict[str, Any], member_states: np.ndarray,
                 actions: np.ndarray) -> int:
     """How many members' own rollouts (K, T+1, obs) meet the goal within ACTIONS."""
-    return sum(first_success(definition, goal, m, actions) is not None for m in member_states)
+    return sum(definition.first_success(goal, m, actions) is not None for m in member_states)
 
 
 def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndarray,
@@ -106,7 +99,7 @@ def label_resimulated(episode: Episode, states: np.ndarray, uncertainty: np.ndar
     states = np.asarray(states, dtype=np.float32)[: n + 1]
     u = np.asarray(uncertainty, dtype=np.float32)[:n]
     goal = episode.goal
-    success_at = first_success(definition, goal, states, actions)
+    success_at = definition.first_success(goal, states, actions)
     judged = n if success_at is None else success_at + 1  # steps the verdict rests on
     votes = (None if member_states is None
              else count_votes(definition, goal, np.asarray(member_states)[:, : judged + 1],

@@ -34,7 +34,6 @@ from kalm.imagination.relabel import (
     Dynamics,
     RelabelConfig,
     count_votes,
-    first_success,
     label_resimulated,
     member_rollouts,
 )
@@ -74,7 +73,7 @@ def choose(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
     best: tuple[int, float, int] | None = None  # (step, uncertainty, index)
     for i in range(len(actions)):
         limit = len(actions[i]) if best is None else best[0] + 1
-        t = first_success(definition, goal, states[i][: limit + 1], actions[i][:limit])
+        t = definition.first_success(goal, states[i][: limit + 1], actions[i][:limit])
         if t is None:
             continue
         if min_votes is not None and count_votes(
@@ -148,5 +147,5 @@ def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
                                "seconds": seconds})
 
 
-__all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "first_success",
-           "random_sequences", "shoot", "shoot_level"]
+__all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "random_sequences", "shoot",
+           "shoot_level"]
