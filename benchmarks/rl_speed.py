@@ -54,7 +54,7 @@ def main() -> None:
           "speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ALGOS:
-        algo = create_algo(AlgoConfig(algo=name))
+        algo = create_algo(AlgoConfig(algo=name), steps=args.updates)
         algo.build_with_dataset(real_mdp)
         bs = DEFAULT_BATCH[name]
         rows = {}

@@ -30,7 +30,11 @@ class AlgoConfig:
     learning_rate: float | None = None
     cql_alpha: float = 10.0  # CQL's conservative weight (continuous: conservative_weight)
     bc_beta: float = 0.5
-    target_update_interval: int = 8000
+    # hard target-network syncs of discrete CQL, BCQ and SAC, every this many gradient steps;
+    # None: the training run's steps / TARGET_SYNCS. d3rlpy's 8,000 (the paper's) is meant for
+    # runs of 100k+ steps: at kalm's 8,000 CQL steps it synced once, after the first step, so
+    # every earlier CQL policy bootstrapped from a near-initial network (docs/results.md)
+    target_update_interval: int | None = None
     td3bc_alpha: float = 2.5  # KALM's code and d3rlpy's default; the paper's Table 3 says 0.5
     cql_action_samples: int = 10  # continuous CQL: d3rlpy's default; 4 is ~2x faster
     device: str = "cpu:0"
@@ -53,6 +57,38 @@ class AlgoConfig:
 _LATER_DEFAULTS = {"td3bc_alpha": 2.5, "cql_action_samples": 10}
 
 
+# target syncs per training run when target_update_interval is None (chosen on the dev split:
+# docs/experiments/13-honest-numbers.md), and the fewest a run may have at all: with fewer the
+# critic bootstraps from a network that stays near its initialisation for most of the run
+TARGET_SYNCS = 40
+MIN_TARGET_SYNCS = 4
+# the algorithms with a hard-synced target network (the continuous ones use soft updates)
+HARD_TARGET_ALGOS = ("cql", "bcq", "sac")
+
+
+def target_interval(cfg: AlgoConfig, steps: int) -> int:
+    """The target network's sync interval for a run of STEPS gradient steps."""
+    if cfg.target_update_interval is None:
+        return max(1, steps // TARGET_SYNCS)
+    return cfg.target_update_interval
+
+
+def check_target_interval(cfg: AlgoConfig, steps: int, action_type: str = "discrete") -> None:
+    """Refuse an interval that syncs the target network fewer than MIN_TARGET_SYNCS times in
+    the run, before any training."""
+    if action_type != "discrete" or cfg.algo not in HARD_TARGET_ALGOS:
+        return
+    interval = target_interval(cfg, steps)
+    if interval < 1:
+        raise ValueError(f"algo.target_update_interval: expected >= 1, got {interval}")
+    if steps >= MIN_TARGET_SYNCS and steps // interval < MIN_TARGET_SYNCS:
+        raise ValueError(
+            f"algo.target_update_interval {interval} syncs {cfg.algo}'s target network "
+            f"{steps // interval} time(s) in {steps} steps (fewer than {MIN_TARGET_SYNCS}): the "
+            f"critic would bootstrap from a network that barely moves; set it to at most "
+            f"{steps // MIN_TARGET_SYNCS}, or leave it unset (steps / {TARGET_SYNCS})")
+
+
 DEFAULT_BATCH = {"bc": 100, "cql": 32, "bcq": 32, "sac": 64}
 DEFAULT_LR = {"bc": 1e-3, "cql": 6.25e-5, "bcq": 6.25e-5, "sac": 3e-4}
 CONTINUOUS_BATCH = {"bc": 100, "cql": 256, "td3bc": 256, "iql": 256}
@@ -68,13 +104,23 @@ def check_algo(algo: str, action_type: str, env: str | None = None) -> None:
                          f"{action_type} actions); use one of {', '.join(known)}")
 
 
-def create_algo(cfg: AlgoConfig, action_type: str = "discrete", action_scaler=None):
+def create_algo(cfg: AlgoConfig, action_type: str = "discrete", action_scaler=None,
+                steps: int | None = None):
     """A d3rlpy algorithm built from the config, for the data's action type. `action_scaler`
     (continuous only) maps the env's action bounds to the policy's [-1, 1], so the policy can
-    only predict actions inside them."""
+    only predict actions inside them. STEPS, the run's length, sets the target network's sync
+    interval when the config leaves it unset (required then for discrete CQL, BCQ and SAC)."""
     import d3rlpy
 
     check_algo(cfg.algo, action_type)
+    interval = cfg.target_update_interval
+    if action_type == "discrete" and cfg.algo in HARD_TARGET_ALGOS:
+        if interval is None and steps is None:
+            raise ValueError(f"{cfg.algo}: target_update_interval is unset and the run's steps "
+                             "are unknown; pass steps=")
+        if steps is not None:
+            check_target_interval(cfg, steps, action_type)
+            interval = target_interval(cfg, steps)
     enc = d3rlpy.models.VectorEncoderFactory(hidden_units=list(cfg.hidden_units),
                                              activation="relu")
     if action_type == "continuous":
@@ -87,16 +133,17 @@ def create_algo(cfg: AlgoConfig, action_type: str = "discrete", action_scaler=No
     elif cfg.algo == "cql":
         conf = d3rlpy.algos.DiscreteCQLConfig(batch_size=batch, learning_rate=lr,
                                               alpha=cfg.cql_alpha, gamma=cfg.gamma,
-                                              target_update_interval=cfg.target_update_interval,
+                                              target_update_interval=interval,
                                               encoder_factory=enc)
     elif cfg.algo == "bcq":
         conf = d3rlpy.algos.DiscreteBCQConfig(batch_size=batch, learning_rate=lr,
                                               gamma=cfg.gamma,
-                                              target_update_interval=cfg.target_update_interval,
+                                              target_update_interval=interval,
                                               encoder_factory=enc)
     else:
         conf = d3rlpy.algos.DiscreteSACConfig(batch_size=batch, actor_learning_rate=lr,
                                               critic_learning_rate=lr, gamma=cfg.gamma,
+                                              target_update_interval=interval,
                                               actor_encoder_factory=enc,
                                               critic_encoder_factory=enc)
     return conf.create(device=cfg.device)

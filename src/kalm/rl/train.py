@@ -29,7 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from kalm.data.episodes import EpisodeData, read_episodes
-from kalm.rl.algos import AlgoConfig, check_algo, create_algo
+from kalm.rl.algos import (
+    AlgoConfig,
+    check_algo,
+    check_target_interval,
+    create_algo,
+    target_interval,
+)
 from kalm.rl.datasets import Transitions, TransitionSampler, to_d3rlpy, to_transitions
 from kalm.rl.text_encoder import TextEncoder
 
@@ -169,6 +175,7 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     real = read_episodes(cfg.real)
     action_type = real.spec.action_type
     check_algo(cfg.algo.algo, action_type, real.spec.env)
+    check_target_interval(cfg.algo, cfg.steps, action_type)
     imagined = load_data(cfg.imagined)
     if imagined is not None and imagined.spec != real.spec:
         raise ValueError(f"imagined data is for {imagined.spec}, real data for {real.spec}")
@@ -187,7 +194,7 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
     sampler = TransitionSampler(real_t, imag_t, cfg.imagined_ratio, seed=cfg.seed)
     d3rlpy.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    algo = create_algo(cfg.algo, action_type, scaler)
+    algo = create_algo(cfg.algo, action_type, scaler, steps=cfg.steps)
     algo.build_with_dataset(to_d3rlpy(real, encoder))
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
@@ -200,6 +207,7 @@ def train_policy(cfg: TrainConfig, resume: bool = False, progress: bool = True
         {**asdict(cfg), "text_encoder_name": encoder.name, "obs_dim": real_t.observations.shape[1],
          "env": real.spec.env, "env_obs_dim": real.spec.obs_dim,
          "action_type": action_type, "action_dim": real.spec.action_dim, **bounds,
+         "target_sync_interval": target_interval(cfg.algo, cfg.steps),
          "real_transitions": len(real_t),
          "imagined_transitions": 0 if imag_t is None else len(imag_t)}, indent=2))
     log_path = out / "logs" / "train.jsonl"
