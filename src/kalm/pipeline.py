@@ -34,10 +34,12 @@ from kalm.run_folder import (
     RECORD,
     REPORT,
     SHOOTING,
+    SHOOTING_MATCHED,
     VERIFIED,
     RunConfig,
     compare_config,
     evaluate_stage,
+    first_proposals_data,
     imagine_stage,
     imagined_data,
     label_stage,
@@ -46,6 +48,7 @@ from kalm.run_folder import (
     needs_dynamics,
     real_data,
     reference_policy_stage,
+    shoot_matched_stage,
     shoot_stage,
     stage_names,
     train_stage,
@@ -69,6 +72,28 @@ class Stage:
     # facts the stage settled while running (e.g. the dtype grounding chose), read from its
     # folder after it finished and kept in the record next to the config that allowed them
     resolved: Callable[[Path], dict[str, Any]] | None = None
+
+
+def llm_cpu_seconds(root: Path, level: str) -> float:
+    """The CPU-seconds the LLM's rollouts of LEVEL cost: its imagine and label stages'."""
+    total = 0.0
+    for name in (imagine_stage(level), label_stage(level)):
+        record = read_record(root / name)
+        if record is None or not record.get("done") or "cpu_s" not in record:
+            raise RuntimeError(f"{root / name}: no finished record with cpu_s (CPU-seconds); "
+                               f"run the stage with this version of kalm first")
+        total += float(record["cpu_s"])
+    return total
+
+
+def cpu_seconds() -> float:
+    """CPU-seconds of this process (all its threads) and of its finished child processes
+    (collection and evaluation workers): what a stage costs on a shared machine, where wall
+    time also counts the other jobs."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -130,16 +155,19 @@ class Runner:
                  f"(hash {digest[:8]})")
         folder.mkdir(parents=True, exist_ok=True)
         previous = float(record.get("wall_s", 0.0)) if record else 0.0
+        previous_cpu = float(record.get("cpu_s", 0.0)) if record else 0.0
         record = {"stage": stage.name, "hash": digest, "config": stage.config,
                   "inputs": {n: self.hashes[n] for n in stage.inputs}, "done": False,
-                  "wall_s": previous, "attempts": int(record.get("attempts", 0) + 1)
-                  if record else 1, "outputs": {}}
+                  "wall_s": previous, "cpu_s": previous_cpu,
+                  "attempts": int(record.get("attempts", 0) + 1) if record else 1,
+                  "outputs": {}}
         write_json(record, folder / RECORD)
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         try:
             outputs = stage.run(folder)
         finally:
             record["wall_s"] = previous + time.time() - t0
+            record["cpu_s"] = previous_cpu + cpu_seconds() - c0
             write_json(record, folder / RECORD)
         record["outputs"] = {str(p.relative_to(folder)): file_sha256(p) for p in outputs}
         if stage.resolved is not None:
@@ -211,8 +239,9 @@ def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = Non
     LLM-labelled ones at 1:1)."""
     levels = list(cfg.imagine.levels)
     base = {"algo": algo, "seed": seed, "steps": cfg.rl.steps[algo], "levels": levels}
-    if variant == PAPER:
-        return {**base, "variant": PAPER}
+    if variant == PAPER:  # one greedy rollout per task of a best-of-N file
+        return {**base, "variant": PAPER,
+                **({"proposals": "first"} if cfg.imagine.proposals > 1 else {})}
     return {**base, **({"variant": variant} if variant else {}), "keep": cfg.rl.keep_for(algo),
             "imagined_ratio": {lv: cfg.rl.ratio_for(lv, algo) for lv in levels},
             **({"min_kept_share": cfg.rl.min_kept_share} if cfg.rl.min_kept_share else {})}
@@ -326,27 +355,35 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                             [imagine_stage(level), *([DYNAMICS] if label_reads_dynamics
                                                      else [])], run_label))
 
-    if SHOOTING in cfg.rl.reference_rows:
+    # the LLM's rollouts are read for their goals and initial states only; the shot ones are
+    # chosen and labelled by the label stage's judge, so the rows differ in proposer only
+    judge = _hashed({"min_votes": cfg.label.min_votes})
+    for row in (r for r in (SHOOTING, SHOOTING_MATCHED) if r in cfg.rl.reference_rows):
+        matched = row == SHOOTING_MATCHED
         for level in cfg.imagine.levels:
-            def run_shoot(folder: Path, level: str = level) -> list[Path]:
+            def run_shoot(folder: Path, level: str = level, matched: bool = matched
+                          ) -> list[Path]:
                 from kalm.envs.registry import get_env
                 from kalm.imagination.labelling import STATS_FILE
                 from kalm.imagination.relabel import RelabelConfig
                 from kalm.imagination.shooting import shoot_level
 
                 imagined = imagined_data(root, level)
+                shooting = cfg.shooting
+                if matched:  # the CPU-seconds the LLM's rollouts of the level cost
+                    shooting = dataclasses.replace(shooting, cpu_seconds=llm_cpu_seconds(
+                        root, level))
                 stats = shoot_level(imagined, folder, load_dynamics(imagined),
-                                    get_env(cfg.env), cfg.shooting,
+                                    get_env(cfg.env), shooting,
                                     judge=RelabelConfig(min_votes=cfg.label.min_votes))
                 return [folder / STATS_FILE,
                         *(folder / f for f in stats["files"].values() if f)]
 
-            # the LLM's rollouts are read for their goals and initial states only
-            # chosen and labelled by the label stage's judge, so the rows differ in proposer only
-            judge = _hashed({"min_votes": cfg.label.min_votes})
-            stages.append(Stage(shoot_stage(level), {"level": level, **to_dict(cfg.shooting),
-                                                     **judge},
-                                [imagine_stage(level), DYNAMICS], run_shoot))
+            name = shoot_matched_stage(level) if matched else shoot_stage(level)
+            inputs = [imagine_stage(level), DYNAMICS, *([label_stage(level)] if matched else [])]
+            config = {"level": level, **to_dict(cfg.shooting), **judge,
+                      **({"cpu_seconds": "imagine + label stages' cpu_s"} if matched else {})}
+            stages.append(Stage(name, config, inputs, run_shoot))
 
     if VERIFIED in cfg.rl.reference_rows:
         for level in cfg.imagine.levels:
@@ -365,6 +402,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     data_stages = {None: [label_stage(lv) for lv in cfg.imagine.levels],
                    PAPER: [imagine_stage(lv) for lv in cfg.imagine.levels],
                    SHOOTING: [shoot_stage(lv) for lv in cfg.imagine.levels],
+                   SHOOTING_MATCHED: [shoot_matched_stage(lv) for lv in cfg.imagine.levels],
                    VERIFIED: [verify_stage(lv) for lv in cfg.imagine.levels]}
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
@@ -372,7 +410,12 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 def run_train(folder: Path, algo: str = algo, seed: int = seed,
                               variant: str | None = variant) -> list[Path]:
                     from kalm.eval.compare import train_seed
+                    from kalm.imagination.relabel import write_first_proposals
 
+                    if variant == PAPER and cfg.imagine.proposals > 1:
+                        for lv in cfg.imagine.levels:
+                            write_first_proposals(imagined_data(root, lv),
+                                                  first_proposals_data(root, lv))
                     return [p / "policy.d3" for p in
                             train_seed(compare_config(cfg, algo, root, variant), folder, seed)]
 

@@ -14,11 +14,13 @@ runs/NAME/
   train-ALGO-seedS/{baseline,kalm-LEVEL}-seedS/policy.d3
   evaluate-ALGO-seedS/<policy>/eval-LEVEL.json
   shoot-LEVEL/labelled{,-success}.h5        reference rows: rollouts without the LLM
+  shoot-matched-LEVEL/...                   the same at the LLM's CPU-seconds for the level
   verify-LEVEL/labelled{,-success}.h5       diagnostic row: LLM rollouts checked in the simulator
   evaluate-llm-policy/eval-LEVEL.json       reference row: the grounded LLM acting itself
   evaluate-{expert,random}/eval-LEVEL.json  reference rows: the env's expert and random actions
   train-ALGO-VARIANT-seedS/VARIANT-LEVEL-seedS/   reference rows (rl.reference_rows):
-  evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`, `verified`
+  evaluate-ALGO-VARIANT-seedS/                    `paper`, `shooting`, `shooting_matched`,
+                                                  `verified`
   report/
 ```
 """
@@ -51,11 +53,14 @@ REPORT = "report"
 # dynamics ensemble) labelled and used as KALM's are
 PAPER = "paper"
 SHOOTING = "shooting"
+# the same shooting at the CPU-seconds the LLM's imagination and labelling of the level took
+# (the candidate count fitted to that budget): the equal-compute reference
+SHOOTING_MATCHED = "shooting_matched"
 # a DIAGNOSTIC that uses the simulator, which KALM may not: the LLM's rollouts whose actions
 # really reach the goal when replayed, labelled on the simulator's states (an upper bound on
 # what better labels could give)
 VERIFIED = "verified"
-RL_REFERENCES = (PAPER, SHOOTING, VERIFIED)
+RL_REFERENCES = (PAPER, SHOOTING, SHOOTING_MATCHED, VERIFIED)
 # and the grounded LLM acting in the real env itself (the paper's Fig. 5): an evaluation only
 LLM_POLICY = "llm_policy"
 LLM_POLICY_STAGE = "evaluate-llm-policy"
@@ -81,6 +86,10 @@ def label_stage(level: str) -> str:
 
 def shoot_stage(level: str) -> str:
     return f"shoot-{level}"
+
+
+def shoot_matched_stage(level: str) -> str:
+    return f"shoot-matched-{level}"
 
 
 def verify_stage(level: str) -> str:
@@ -109,6 +118,12 @@ def imagined_data(root: Path, level: str) -> Path:
     return root / imagine_stage(level) / "imagined.h5"
 
 
+def first_proposals_data(root: Path, level: str) -> Path:
+    """The first (greedy) proposal of each task of a best-of-N imagine stage, with the LLM's own
+    labels: what the paper variant learns from (the paper decodes one rollout per prompt)."""
+    return root / imagine_stage(level) / "imagined-first.h5"
+
+
 def label_folder(root: Path, level: str) -> Path:
     return root / label_stage(level)
 
@@ -125,6 +140,8 @@ def reference_label_folder(root: Path, level: str, variant: str | None) -> Path:
     """The label-layout folder a KALM variant reads (the label stage's for the default)."""
     if variant == SHOOTING:
         return shoot_folder(root, level)
+    if variant == SHOOTING_MATCHED:
+        return root / shoot_matched_stage(level)
     if variant == VERIFIED:
         return verify_folder(root, level)
     return label_folder(root, level)
@@ -143,7 +160,8 @@ def variants(cfg: RunConfig) -> list[str | None]:
 
 
 def needs_dynamics(cfg: RunConfig) -> bool:
-    return cfg.label.needs_dynamics or SHOOTING in cfg.rl.reference_rows
+    return (cfg.label.needs_dynamics or SHOOTING in cfg.rl.reference_rows
+            or SHOOTING_MATCHED in cfg.rl.reference_rows)
 
 
 def stage_names(cfg: RunConfig) -> list[str]:
@@ -155,6 +173,8 @@ def stage_names(cfg: RunConfig) -> list[str]:
               *(label_stage(lv) for lv in cfg.imagine.levels)]
     if SHOOTING in cfg.rl.reference_rows:
         names += [shoot_stage(lv) for lv in cfg.imagine.levels]
+    if SHOOTING_MATCHED in cfg.rl.reference_rows:
+        names += [shoot_matched_stage(lv) for lv in cfg.imagine.levels]
     if VERIFIED in cfg.rl.reference_rows:
         names += [verify_stage(lv) for lv in cfg.imagine.levels]
     for algo in cfg.rl.algos:
@@ -389,10 +409,12 @@ def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
               ) -> dict[str, str]:
     """Level -> the imagined file a KALM policy of ALGO learns from: the labelled rollouts its
     `rl.keep` asks for (a level whose labeller kept none has no entry, and no KALM policy), for
-    the paper variant the LLM's own file, everything in it, for the shooting variant the shot
-    rollouts `rl.keep` asks for."""
+    the paper variant the LLM's own rollouts with its own labels, one per task (the greedy
+    proposal of a best-of-N file, `first_proposals_data`, which the paper train stage writes),
+    for the shooting variant the shot rollouts `rl.keep` asks for."""
     if variant == PAPER:
-        return {lv: str(imagined_data(root, lv)) for lv in cfg.imagine.levels}
+        pick = first_proposals_data if cfg.imagine.proposals > 1 else imagined_data
+        return {lv: str(pick(root, lv)) for lv in cfg.imagine.levels}
     out = {}
     for lv in cfg.imagine.levels:
         keep = cfg.rl.keep_for(algo)

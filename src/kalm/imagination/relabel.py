@@ -223,6 +223,25 @@ def select_proposals(episodes: list[Episode], verdict_key: str) -> list[Episode]
     return chosen
 
 
+def first_proposals(tasks: EpisodeData) -> EpisodeData:
+    """One row per task of an imagine file: a best-of-N file holds N proposals per task, of
+    which the first (greedy by default) is what the paper decodes for a prompt."""
+    proposals = tasks.extras.get("proposal")
+    if proposals is None:
+        return tasks
+    keep = np.flatnonzero(np.asarray(proposals) == 0)
+    return tasks if len(keep) == len(tasks) else tasks.subset(keep)
+
+
+def write_first_proposals(imagined: str | Path, out: str | Path) -> Path:
+    """OUT: IMAGINED's first proposals (written atomically; kept while newer than IMAGINED),
+    the paper's one greedy rollout per prompt with the LLM's own labels."""
+    imagined, out = Path(imagined), Path(out)
+    if out.exists() and out.stat().st_mtime_ns >= imagined.stat().st_mtime_ns:
+        return out
+    return write_episodes(first_proposals(read_episodes(imagined)), out)
+
+
 KEEP = ("all", "success")
 
 

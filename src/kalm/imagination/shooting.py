@@ -1,8 +1,10 @@
 """Rollouts without the LLM: random shooting on the dynamics ensemble, a reference for KALM.
 
 What does the grounded LLM add? For the same goals and initial states the LLM imagined rollouts
-for (read from an imagine stage's file, one rollout per LLM rollout), draw `candidates` uniformly
-random action sequences, re-simulate each through the ensemble fitted on the real data, and keep,
+for (read from an imagine stage's file: one shot rollout per task, however many proposals the LLM
+made for it, as KALM keeps one rollout per task), draw `candidates` uniformly random action
+sequences of at most the goal's step limit (a CLEVR push goal allows one step), re-simulate
+each through the ensemble fitted on the real data, and keep,
 per task, the candidate the env's own success function judges successful soonest on the
 ensemble's states (the least uncertain among equals); when none succeeds, the first candidate,
 labelled a failure. The rollout is then labelled exactly as the ensemble labeller labels an
@@ -12,6 +14,11 @@ function checks, which KALM's labels use too.
 
 The same simulator replay diagnostic as for imagined rollouts is stored (`replay_success`),
 to report how often the judged successes really succeed; it never selects anything.
+
+Compute is part of the comparison: the stats record the CPU-seconds spent (this process, all
+threads). With `cpu_seconds` set, the candidate count is not fixed but fitted as the level goes
+so that the whole level costs about that many CPU-seconds: the equal-compute row, given the
+LLM's imagination budget.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from kalm.imagination.relabel import (
     Dynamics,
     RelabelConfig,
     count_votes,
+    first_proposals,
     label_resimulated,
     member_rollouts,
 )
@@ -41,13 +49,36 @@ from kalm.imagination.relabel import (
 
 @dataclass
 class ShootingConfig:
-    candidates: int = 256  # random action sequences tried per rollout
-    horizon: int = 20  # actions per candidate (the cap imagined rollouts have)
+    candidates: int = 256  # random action sequences tried per task (the first task's, when
+    # cpu_seconds is set)
+    horizon: int = 20  # actions per candidate at most (the cap imagined rollouts have); a
+    # goal's own step limit caps it further
     seed: int = 0
+    # a CPU-seconds budget for the whole level: the candidate count per task is refitted after
+    # every task from the measured cost per candidate (None: `candidates` for every task)
+    cpu_seconds: float | None = None
+    max_candidates: int = 1 << 16  # the most a fitted count may reach
+    chunk: int = 4096  # candidates re-simulated per ensemble call (memory)
 
     def __post_init__(self) -> None:
-        if self.candidates < 1 or self.horizon < 1:
-            raise ValueError(f"candidates and horizon must be >= 1, got {self}")
+        if self.candidates < 1 or self.horizon < 1 or self.chunk < 1:
+            raise ValueError(f"candidates, horizon and chunk must be >= 1, got {self}")
+        if self.cpu_seconds is not None and self.cpu_seconds <= 0:
+            raise ValueError(f"cpu_seconds must be > 0, got {self.cpu_seconds}")
+        if self.max_candidates < self.candidates:
+            raise ValueError(f"max_candidates ({self.max_candidates}) is below candidates "
+                             f"({self.candidates})")
+
+
+def fitted_candidates(cfg: ShootingConfig, spent: float, tried: int, done: int, total: int
+                      ) -> int:
+    """Candidates for the next task so that the level ends near `cfg.cpu_seconds`: the budget
+    left, shared by the tasks left, at the CPU-seconds per candidate measured so far."""
+    if cfg.cpu_seconds is None or tried == 0:
+        return cfg.candidates
+    per_candidate = spent / tried
+    share = max(cfg.cpu_seconds - spent, 0.0) / max(total - done, 1)
+    return int(np.clip(share / max(per_candidate, 1e-9), 1, cfg.max_candidates))
 
 
 def random_sequences(space: gym.Space, n: int, horizon: int, rng: np.random.Generator
@@ -87,65 +118,99 @@ def choose(definition: EnvDefinition, goal: dict[str, Any], states: np.ndarray,
 
 def shoot(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
           cfg: ShootingConfig | None = None, progress: bool = True,
-          replay: bool = True, judge: RelabelConfig | None = None) -> list[Episode]:
+          replay: bool = True, judge: RelabelConfig | None = None,
+          usage: dict[str, float] | None = None) -> list[Episode]:
     """One shot rollout per episode of TASKS (its goal, instruction and initial state), chosen
-    and labelled with JUDGE (the label stage's ensemble settings)."""
+    and labelled with JUDGE (the label stage's ensemble settings). USAGE, when given, receives
+    the CPU-seconds the shooting took (the replay diagnostic not counted) and the candidates
+    tried."""
     cfg = cfg or ShootingConfig()
     judge = judge or RelabelConfig()
     rng = np.random.default_rng(cfg.seed)
     env = make_env(definition)
     out = []
+    spent, tried = 0.0, 0
     try:
-        for i in tqdm(range(len(tasks)), desc="shoot", unit="rollout", disable=not progress):
+        for i in tqdm(range(len(tasks)), desc="shoot", unit="task", disable=not progress):
+            t0 = time.process_time()
             template = tasks.episode(i)
             goal, s0 = dict(template.goal), np.asarray(template.observations[0], np.float32)
-            acts = random_sequences(env.action_space, cfg.candidates, cfg.horizon, rng)
-            starts = np.repeat(s0[None], cfg.candidates, axis=0)
-            states, u = dynamics.rollout(starts, acts)
-            members = (member_rollouts(dynamics, starts, acts)
-                       if judge.min_votes is not None else None)
-            k, _ = choose(definition, goal, states, u, acts, members, judge.min_votes)
-            if members is None:
-                members = member_rollouts(dynamics, starts[:1], acts[k : k + 1])
-            else:
-                members = members[:, k : k + 1]
-            proposal = Episode(states[k], acts[k], np.zeros(cfg.horizon, np.float32),
-                               np.zeros(cfg.horizon, bool), template.instruction, goal,
+            n = fitted_candidates(cfg, spent, tried, i, len(tasks))
+            horizon = max(1, min(cfg.horizon, int(definition.max_steps(goal))))
+            acts = random_sequences(env.action_space, n, horizon, rng)
+            starts = np.repeat(s0[None], n, axis=0)
+            k, states, u, members = _best_candidate(definition, goal, dynamics, starts, acts,
+                                                    judge, cfg.chunk)
+            proposal = Episode(states, acts[k], np.zeros(horizon, np.float32),
+                               np.zeros(horizon, bool), template.instruction, goal,
                                extras={"level": str(template.extras.get("level", "")),
-                                       "proposer": "random shooting"})
-            ep = label_resimulated(proposal, states[k], u[k], definition, judge,
-                                   None if members is None else members[:, 0])
-            if replay:
+                                       "proposer": "random shooting", "candidates": n})
+            ep = label_resimulated(proposal, states, u, definition, judge, members)
+            spent += time.process_time() - t0
+            tried += n
+            if replay:  # a diagnostic, outside the compute the row is charged
                 replayed = replay_actions(definition, env, goal, s0, ep.actions)
                 ep.extras["replayed"] = replayed is not None
                 ep.extras["replay_success"] = bool(replayed[1]) if replayed else False
             out.append(ep)
     finally:
         env.close()
+    if usage is not None:
+        usage.update(cpu_seconds=spent, candidates=tried)
     return out
+
+
+def _best_candidate(definition: EnvDefinition, goal: dict[str, Any], dynamics: Dynamics,
+                    starts: np.ndarray, acts: np.ndarray, judge: RelabelConfig, chunk: int
+                    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(index, its mean states (T+1, obs), uncertainty (T,), member states (K, T+1, obs) or
+    None) of the best of ACTS, re-simulated CHUNK candidates per ensemble call: the soonest
+    vote-confirmed success of all chunks (ties: lower disagreement, then lower index)."""
+    best: tuple[int, float, int] | None = None  # (step, uncertainty, index)
+    keep: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+    for lo in range(0, len(acts), chunk):
+        a, s = acts[lo : lo + chunk], starts[lo : lo + chunk]
+        states, u = dynamics.rollout(s, a)
+        members = member_rollouts(dynamics, s, a) if judge.min_votes is not None else None
+        k, t = choose(definition, goal, states, u, a, members, judge.min_votes)
+        if lo == 0 or t is not None:
+            key = (len(a[0]) + 1 if t is None else t, float(u[k, : (t or 0) + 1].mean()),
+                   lo + k)
+            if best is None or key < best:
+                best = key
+                keep = (states[k], u[k], None if members is None else members[:, k])
+    assert best is not None and keep is not None
+    states, u, members = keep
+    if members is None:
+        # no votes were asked for: the members' own rollouts of the chosen one, recorded
+        members = member_rollouts(dynamics, starts[:1], acts[best[2] : best[2] + 1])
+        members = None if members is None else members[:, 0]
+    return best[2], states, u, members
 
 
 def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
                 definition: EnvDefinition, cfg: ShootingConfig | None = None,
                 progress: bool = True, judge: RelabelConfig | None = None) -> dict[str, Any]:
-    """Shoot one rollout for each of IMAGINED's rollouts into OUT_DIR, in the label stage's
-    layout (`labelled.h5`, `labelled-success.h5`, `label_stats.json`), so a learner reads
-    either the same way."""
+    """Shoot one rollout for each task of IMAGINED (its first proposal's goal and start) into
+    OUT_DIR, in the label stage's layout (`labelled.h5`, `labelled-success.h5`,
+    `label_stats.json`), so a learner reads either the same way."""
     cfg = cfg or ShootingConfig()
     imagined, out_dir = Path(imagined), Path(out_dir)
-    tasks = read_episodes(imagined)
+    tasks = first_proposals(read_episodes(imagined))
     t0 = time.perf_counter()
     judge = judge or RelabelConfig()
-    episodes = shoot(tasks, dynamics, definition, cfg, progress, judge=judge)
+    usage: dict[str, float] = {}
+    episodes = shoot(tasks, dynamics, definition, cfg, progress, judge=judge, usage=usage)
     seconds = time.perf_counter() - t0
     attrs = {"proposer": "random shooting", **{f"shooting_{k}": v
                                                for k, v in asdict(cfg).items()}}
     return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
                               {"labeller": "ensemble", "proposer": "random shooting (no LLM)",
                                "config": asdict(cfg), "judge": asdict(judge),
-                               "source": imagined.name,
-                               "seconds": seconds})
+                               "source": imagined.name, "tasks": len(tasks),
+                               "seconds": seconds, "cpu_seconds": usage["cpu_seconds"],
+                               "candidates_tried": int(usage["candidates"])})
 
 
-__all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "random_sequences", "shoot",
-           "shoot_level"]
+__all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "first_proposals",
+           "fitted_candidates", "random_sequences", "shoot", "shoot_level"]

@@ -1,0 +1,96 @@
+"""Reference rows on equal footing with KALM: the paper row learns from one greedy rollout per
+task (not all N proposals of a best-of-N file), the equal-compute shooting row gets the
+CPU-seconds the LLM's rollouts of the level cost, and every stage records its CPU-seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_pipeline import _fake_pipeline
+from test_shooting import _tasks
+
+from kalm.data.episodes import read_episodes, write_episodes
+from kalm.imagination.relabel import first_proposals, write_first_proposals
+from kalm.pipeline import Runner, Stage, llm_cpu_seconds, train_config
+from kalm.run_folder import (
+    PAPER,
+    SHOOTING_MATCHED,
+    first_proposals_data,
+    imagined_data,
+    kalm_data,
+    load_run_config,
+    stage_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LEFT = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}
+
+
+def _quick(tmp_path: Path, rows: list[str]):
+    return load_run_config(ROOT / "configs" / "clevr-quick.yaml", out=str(tmp_path / "r"),
+                           seeds=[0], reference_rows=rows)
+
+
+def test_first_proposals_keep_the_greedy_one_per_task(tmp_path):
+    data = _tasks([LEFT, LEFT, LEFT], proposals=4)
+    data.observations[:, 0, 0] = np.arange(len(data)) / 100  # tell the rows apart
+    src = tmp_path / "imagined.h5"
+    write_episodes(data, src)
+    out = write_first_proposals(src, tmp_path / "first.h5")
+    first = read_episodes(out)
+    assert len(first) == 3 and set(first.extras["proposal"]) == {0}
+    assert np.allclose(first.observations[:, 0, 0], [0.0, 0.04, 0.08])
+    assert len(first_proposals(first)) == 3  # a file of single proposals stays as it is
+    mtime = out.stat().st_mtime_ns
+    assert write_first_proposals(src, out).stat().st_mtime_ns == mtime  # up to date: kept
+
+
+def test_the_paper_row_reads_the_greedy_proposals(tmp_path):
+    cfg = _quick(tmp_path, ["paper"])
+    assert cfg.imagine.proposals == 8
+    root = cfg.run_dir
+    paths = kalm_data(cfg, root, "bc", PAPER)
+    assert paths == {lv: str(first_proposals_data(root, lv)) for lv in cfg.imagine.levels}
+    assert train_config(cfg, "bc", 0, PAPER)["proposals"] == "first"
+    single = dataclasses.replace(cfg, imagine=dataclasses.replace(cfg.imagine, proposals=1))
+    assert kalm_data(single, root, "bc", PAPER)["easy"] == str(imagined_data(root, "easy"))
+    assert "proposals" not in train_config(single, "bc", 0, PAPER)
+
+
+def test_the_matched_shooting_row_waits_for_the_llm_stages(tmp_path):
+    cfg = _quick(tmp_path, ["shooting", SHOOTING_MATCHED])
+    names = stage_names(cfg)
+    assert names.index("shoot-matched-hard") > names.index("label-hard")
+    stages = {s.name: s for s in _fake_pipeline(cfg, [])}
+    assert stages["shoot-matched-easy"].inputs == ["imagine-easy", "dynamics", "label-easy"]
+    assert stages["train-cql-shooting_matched-seed0"].inputs[1:] == [
+        "shoot-matched-rephrase", "shoot-matched-easy", "shoot-matched-hard"]
+    with pytest.raises(RuntimeError, match="no finished record with cpu_s"):
+        llm_cpu_seconds(cfg.run_dir, "easy")
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_stage_records_carry_cpu_seconds_and_sum_for_the_matched_row(tmp_path):
+    root = tmp_path / "r"
+    runner = Runner(root, lambda m: None)
+
+    def work(seconds: float):
+        def run(folder: Path) -> list[Path]:
+            _burn(seconds)
+            (folder / "o.txt").write_text("x")
+            return [folder / "o.txt"]
+        return run
+
+    imagine = runner.run(Stage("imagine-easy", {}, [], work(0.3)))
+    label = runner.run(Stage("label-easy", {}, ["imagine-easy"], work(0.1)))
+    assert imagine["cpu_s"] >= 0.29 and 0.09 <= label["cpu_s"] < imagine["cpu_s"]
+    assert llm_cpu_seconds(root, "easy") == pytest.approx(imagine["cpu_s"] + label["cpu_s"])
