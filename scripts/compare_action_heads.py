@@ -1,6 +1,7 @@
 """Side-by-side tables of finished `kalm run` folders that differ in the grounding (e.g. the
-action head, docs/results.md section 11.1): held-out teacher-forced metrics, then per level what
-the imagined rollouts did. Reads only; the replay column is a diagnostic (it used the simulator).
+action head, docs/experiments/11-metaworld-3-seeds.md, 11.1): held-out teacher-forced metrics,
+then per level what the imagined rollouts did. Reads only; the replay column is a diagnostic
+(it used the simulator).
 
   python scripts/compare_action_heads.py NAME=RUN [NAME=RUN ...]
 """

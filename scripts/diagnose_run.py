@@ -1,5 +1,5 @@
-"""Diagnostics on a finished `kalm run` folder (docs/results.md section 10). Both read the run
-and write elsewhere; neither changes the run, so its stages stay up to date.
+"""Diagnostics on a finished `kalm run` folder (docs/experiments/10-clevr-quick-best-of-8.md).
+Both read the run and write elsewhere; neither changes the run, so its stages stay up to date.
 
   python scripts/diagnose_run.py relabel RUN OUT
       each level's label stage again, same config, into OUT/label-LEVEL: for runs labelled

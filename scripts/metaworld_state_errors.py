@@ -2,7 +2,7 @@
 simulator from their start state (a DIAGNOSTIC: it uses the simulator, and only the free-object
 tasks can be put in a given start state), the squared error against the replayed states split
 by block (hand and gripper, the goal marker, the entities present at the start, the absent
-ones), mean over rollouts at given steps. docs/results.md section 12.
+ones), mean over rollouts at given steps. docs/experiments/12-metaworld-absent-entities.md.
 
   python scripts/metaworld_state_errors.py NAME=FOLDER [NAME=FOLDER ...] [--steps 10 50]
 

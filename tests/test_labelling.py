@@ -301,7 +301,7 @@ def test_report_tables_show_labels_use_and_the_paper_column(expert_episode, tmp_
     assert untrained == {"bc": {"kalm": {"rephrase"}}}  # 1 of 3 tasks kept, under 0.9
     summaries["bc"]["success"]["baseline"]["rephrase"] = [0.4]
     table = success_table(summaries, untrained)
-    assert "| rephrase | - | 40.0 ± 0.0 | = real only | - |" in table
+    assert "| rephrase | - | 40.0 ± 0.0 | no KALM policy (too few rollouts kept) | - |" in table
     assert "| easy | 300 | 60.0 ± 10.0 | 60.0 ± 0.0 | 10.0 ± 0.0 |" in table
 
 

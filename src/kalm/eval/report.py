@@ -107,25 +107,49 @@ def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
     return out
 
 
-def untrained_levels(root: Path, cfg, algo: str) -> dict[str, set[str]]:
+def untrained_reasons(root: Path, cfg, algo: str) -> dict[str, dict[str, str]]:
     """Per method, the labelled levels that KALM variant trains no policy on (`kalm_data`
-    leaves them out: no rollout kept, or too few tasks covered), so what it would be
-    evaluated as is the real-only policy. The paper mode keeps every rollout."""
-    out: dict[str, set[str]] = {}
+    leaves them out: no rollout kept, or too few tasks covered), each with why, read from
+    its `label_stats.json`: "1 of 164 tasks kept, under rl.min_kept_share 0.10". Nothing is
+    evaluated for such a level; the paper mode keeps every rollout."""
+    out: dict[str, dict[str, str]] = {}
+    keep = cfg.rl.keep_for(algo)
     for variant in variants(cfg):
         if variant == PAPER:
             continue
         trained = kalm_data(cfg, root, algo, variant)
         for lv in cfg.imagine.levels:
-            if lv not in trained and label_stats(root, lv, variant) is not None:
-                out.setdefault("kalm" if variant is None else variant, set()).add(lv)
+            st = label_stats(root, lv, variant)
+            if lv in trained or st is None:
+                continue
+            used, tasks = int(st["kept"][keep]), int(st["kept"]["all"])
+            why = f"{used} of {tasks} tasks kept"
+            if used and too_few_kept(st, keep, cfg.rl.min_kept_share):
+                why += f", under rl.min_kept_share {cfg.rl.min_kept_share:.2f}"
+            out.setdefault("kalm" if variant is None else variant, {})[lv] = why
     return out
 
 
+def untrained_levels(root: Path, cfg, algo: str) -> dict[str, set[str]]:
+    """Per method, the labelled levels that KALM variant trains no policy on
+    (`untrained_reasons` without the reasons)."""
+    return {m: set(why) for m, why in untrained_reasons(root, cfg, algo).items()}
+
+
+NO_POLICY = "no KALM policy"
+
+
+def no_policy_cell(why: str | None) -> str:
+    """The success cell of a level with no KALM policy: says that none was trained (so
+    there is no KALM result to read, not one equal to real only) and, when known, why."""
+    return f"{NO_POLICY} ({why})" if why else f"{NO_POLICY} (too few rollouts kept)"
+
+
 def success_table(summaries: dict[str, dict[str, Any]],
-                  untrained: dict[str, dict[str, set[str]]] | None = None) -> str:
-    """Success per level and method; `untrained` (per algorithm, `untrained_levels`) marks
-    the KALM cells of levels with no policy "= real only" instead of leaving them blank."""
+                  untrained: dict[str, dict[str, Any]] | None = None) -> str:
+    """Success per level and method; `untrained` (per algorithm, per method the levels with
+    no KALM policy: `untrained_reasons`, or the sets of `untrained_levels`) marks those cells
+    "no KALM policy (why)" instead of leaving them blank."""
     untrained = untrained or {}
     algos = list(summaries)
     shown = [m for m in METHOD_NAMES
@@ -139,11 +163,16 @@ def success_table(summaries: dict[str, dict[str, Any]],
     for lv in levels:
         eps = next((s["episodes_per_level_and_seed"].get(lv) for s in summaries.values()
                     if lv in s["episodes_per_level_and_seed"]), "-")
-        cells = ["= real only"
-                 if lv in untrained.get(a, {}).get(m, set())
-                 and not summaries[a]["success"].get(m, {}).get(lv)
-                 else fmt_rate(summaries[a]["success"].get(m, {}).get(lv, []))
-                 for a in algos for m in shown]
+        cells = []
+        for a in algos:
+            for m in shown:
+                rates = summaries[a]["success"].get(m, {}).get(lv)
+                none = untrained.get(a, {}).get(m, ())
+                if lv in none and not rates:
+                    cells.append(no_policy_cell(none.get(lv) if isinstance(none, dict)
+                                                else None))
+                else:
+                    cells.append(fmt_rate(rates or []))
         lines.append(f"| {lv} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -431,9 +460,11 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
             "the same algorithm on the real episodes only; *KALM* adds that level's imagined "
             f"rollouts as labelled by the `{cfg.label.labeller}` labeller, in the share of "
             "every batch the table below gives; *paper mode* (when run) adds every rollout "
-            "with the LLM's own labels 1:1, as the paper does; \"= real only\": no KALM "
-            "policy for that level (too little kept, next table).", "",
-            success_table(summaries, {a: untrained_levels(root, cfg, a) for a in summaries}),
+            "with the LLM's own labels 1:1, as the paper does; \"no KALM policy\": that "
+            "level's labels kept too few rollouts (how many: in the cell and the next "
+            "table), so no KALM policy was trained or evaluated there and there is no KALM "
+            "result to compare, only the real-only one.", "",
+            success_table(summaries, {a: untrained_reasons(root, cfg, a) for a in summaries}),
             "", "### Imagined data each KALM policy learned from", "",
             imagined_use_table(root, cfg), ""]
         llm = llm_policy_table(root, list(cfg.evaluate.levels))

@@ -4,7 +4,8 @@ Two labellers. `llm` is the paper's way: success, rewards and terminals on the s
 model predicted (what `kalm imagine` already stored). `ensemble` re-simulates the imagined actions
 through a dynamics ensemble fitted on the real transitions (`relabel.py`) and labels on its
 states: the model's own states drift into the goal far more often than its actions reach it, and
-those false successes are what made imagined data hurt (docs/results.md, section 5).
+those false successes are what made imagined data hurt
+(docs/experiments/05-quick-pipeline-avx2-cpu.md).
 
 A best-of-N file (several proposals per task) is reduced to one rollout per task first: a
 proposal the labeller judges successful where there is one (`select_proposals`).
@@ -144,8 +145,8 @@ def replay_kept_actions(definition: EnvDefinition, episodes: list[Episode]) -> N
     the actions up to there. Whether those reach the goal is what the labeller's precision is
     about; the whole sequence's replay also counted the rollouts whose later actions undo the
     goal as wrong labels (on the quick run's rephrase level: 59 of 103 kept rollouts right,
-    not 31; docs/results.md section 10). `replay_success` becomes the kept actions' replay,
-    `replay_success_uncut` keeps the whole sequence's."""
+    not 31; docs/experiments/10-clevr-quick-best-of-8.md). `replay_success` becomes the kept
+    actions' replay, `replay_success_uncut` keeps the whole sequence's."""
     todo = [e for e in episodes
             if "replay_success" in e.extras and "replay_success_uncut" not in e.extras]
     for e in todo:  # every episode gets the key (one file, one set of extras)

@@ -87,7 +87,7 @@ STATE_HEADS = ("absolute", "residual", "delta")
 
 @dataclass
 class ModelConfig:
-    """How states are represented (compared in docs/results.md)."""
+    """How states are represented (compared in docs/experiments/02-imagined-rollouts.md)."""
 
     # "absolute": predict s'; "residual": predict s' - s in state-normalised units; "delta":
     # predict s' - s standardised by the training data's own per-coordinate change statistics

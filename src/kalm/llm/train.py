@@ -202,7 +202,8 @@ def zero_held_statistics(data: EpisodeData, tol: float = ZERO_TOL) -> np.ndarray
     with them at zero (e.g. the block of an entity a task does not have), and start at zero in
     at least one. Imagination holds them at zero where its start state has them at zero: a
     model that must re-predict an absent entity's zeros drifts there, and on Meta-World those
-    blocks carry most of the closed-loop state error (docs/results.md section 12)."""
+    blocks carry most of the closed-loop state error
+    (docs/experiments/12-metaworld-absent-entities.md)."""
     t = np.arange(data.observations.shape[1])[None, :]
     valid = (t <= data.lengths[:, None])[..., None]
     obs = data.observations
