@@ -311,8 +311,7 @@ def main() -> None:
         ens = DynamicsEnsemble.load(args.load, spec=real.spec, threads=args.threads)
         cfg = ens.config
     else:
-        ens = DynamicsEnsemble.fit(real, cfg, bounds=(definition.state_low,
-                                                      definition.state_high),
+        ens = DynamicsEnsemble.fit(real, cfg, bounds=definition.clamp_box(),
                                    threads=args.threads)
     fit_s = time.perf_counter() - t0
     if args.save:

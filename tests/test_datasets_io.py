@@ -375,8 +375,22 @@ def test_kalm_npy_metaworld_task_names_and_cli(tmp_path):
                           {"kind": "task", "task": "coffee-button"}]
     assert data.extras["published_success"].tolist() == [True, False]
     assert data.extras["published_task"][1] == "rep-coffee-button-v2-goal-observable"
-    assert not data.terminals.any()  # both end at a timeout, as the file says
-    np.testing.assert_array_equal(data.observations[0, 3], fields["next_observations"][0, 2]
+    # KALM stores its successes as timeouts: the one flagged successful ends at a terminal
+    assert data.terminals[0, 2] and not data.terminals[0, :2].any()
+    assert not data.terminals[1].any()
+    # s[0:3] is KALM's hand, kalm's is the tcp: moved by the measured offset, nothing else
+    from kalm.envs.metaworld.constants import TCP_OFFSET
+
+    want = fields["next_observations"][0, 2].astype(np.float32).copy()
+    want[0:3] += TCP_OFFSET.astype(np.float32)
+    np.testing.assert_array_equal(data.observations[0, 3], want)
+    got = data.observations[1, :2, 0:3] - fields["observations"][1, :2, 0:3].astype(np.float32)
+    np.testing.assert_allclose(got, np.repeat(TCP_OFFSET[None], 2, axis=0), atol=1e-6)
+    np.testing.assert_array_equal(data.observations[1, :2, 3:],
+                                  fields["observations"][1, :2, 3:].astype(np.float32))
+    assert json.loads(data.attrs["hand_to_tcp"]) == pytest.approx(TCP_OFFSET.tolist())
+    assert "KALM's" in data.attrs["rewards"]
+    np.testing.assert_array_equal(data.rewards[0, :3], fields["rewards"][0, :3, 0]
                                   .astype(np.float32))
     assert data.actions.dtype == np.float32 and data.observations.dtype == np.float32
 

@@ -403,6 +403,8 @@ def test_cli_fits_an_ensemble_and_relabels_keeping_only_successes(expert_episode
                    "--members", "2", "--hidden", "16", "--epochs", "2"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "dyn" / META).is_file()
+    fitted = DynamicsEnsemble.load(tmp_path / "dyn", spec=spec)
+    np.testing.assert_allclose(fitted.bounds[0], CLEVR.clamp_box()[0])  # the reset box too
 
     # one rollout that stays put (judged successful on its own states by construction below)
     # and one with the real actions; only the ensemble's judgement decides what is kept
@@ -429,3 +431,21 @@ def test_cli_fits_an_ensemble_and_relabels_keeping_only_successes(expert_episode
     r = run(main, ["relabel", str(tmp_path / "r.h5"), "--dynamics", str(tmp_path / "dyn"),
                    "--out", str(tmp_path / "x.h5")])
     assert r.exit_code != 0 and "imagined episodes" in r.output
+
+
+def test_the_clamp_box_covers_every_clevr_start_state(tmp_path):
+    """CLEVR's start positions are sampled from x ~ U(-0.5, 0.5), y ~ U(-0.3, 0.5), wider than the
+    table box states after a step lie in; the ensemble's clamp (the definition's clamp_box(), as
+    `kalm run` and `kalm dynamics` pass it) must not clip a start state."""
+    definition = get_env("clevr")
+    env = make_env(definition, init_region="paper")
+    starts = np.stack([env.reset(seed=seed)[0] for seed in range(300)])
+    low, high = definition.clamp_box()
+    np.testing.assert_array_equal(np.clip(starts, low, high), starts)
+    assert (np.clip(starts, definition.state_low, definition.state_high) != starts).any()
+    xy = np.asarray(low).reshape(-1, 2), np.asarray(high).reshape(-1, 2)
+    np.testing.assert_allclose(xy[0], [[-0.5, -0.3]] * 5)  # the reset box's lower corner
+    np.testing.assert_allclose(xy[1], [[0.5, 0.57]] * 5)  # x of the reset box, y of the table
+    # an env without a reset box clamps to its state box
+    mw = get_env("metaworld")
+    assert mw.clamp_box() == (tuple(mw.state_low), tuple(mw.state_high))

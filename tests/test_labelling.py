@@ -237,7 +237,8 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
     for s in _fake_pipeline(with_paper, calls):
         runner.run(s)
     assert calls == ["train-bc-paper-seed0", "evaluate-bc-paper-seed0",
-                     "train-cql-paper-seed0", "evaluate-cql-paper-seed0", "report"]
+                     "evaluate-dev-bc-paper-seed0", "train-cql-paper-seed0",
+                     "evaluate-cql-paper-seed0", "evaluate-dev-cql-paper-seed0", "report"]
 
     # rollouts without the LLM: shot for the same tasks, trained and evaluated in their stages
     with_shooting = dataclasses.replace(cfg, rl=dataclasses.replace(
@@ -250,7 +251,8 @@ def test_label_stages_read_the_ensemble_and_paper_rows_add_only_their_stages(tmp
         runner.run(s)
     assert calls == ["shoot-rephrase", "shoot-easy", "shoot-hard",
                      "train-bc-shooting-seed0", "evaluate-bc-shooting-seed0",
-                     "train-cql-shooting-seed0", "evaluate-cql-shooting-seed0",
+                     "evaluate-dev-bc-shooting-seed0", "train-cql-shooting-seed0",
+                     "evaluate-cql-shooting-seed0", "evaluate-dev-cql-shooting-seed0",
                      "evaluate-llm-policy", "report"]
     assert {s.name: s for s in stages}["evaluate-llm-policy"].inputs == ["ground"]
 

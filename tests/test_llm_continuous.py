@@ -452,10 +452,22 @@ def test_metaworld_ground_and_imagine(metaworld_data, tokenizer):
                                    atol=1e-4)
         assert np.abs(a.episode(i).actions).max() <= 1.0
     (level,) = stats["levels"].values()
+    # the rates are the env's own realism checks, recomputed here on the stored rollouts
+    from kalm.envs.registry import get_env as _env
+
+    checks = [_env("metaworld").realism_checks(b.episode(i).observations, b.episode(i).actions)
+              for i in range(len(b))]
+    transitions = sum(b.episode(i).length for i in range(len(b)))
+    assert level["transitions"] == transitions and level["rollouts"] == len(b)
     for category in ("floating_in_air", "out_of_workbench", "implausible_pose",
                      "exceeding_dynamics"):
-        assert level[f"{category}_pct"] is not None
-    assert level["unrealistic_rollouts_pct"] is not None
+        counts = [int(c[category]) for c in checks]
+        assert [int(v) for v in b.extras[f"unrealistic_{category}"]] == counts
+        assert level[f"{category}_pct"] == pytest.approx(100 * sum(counts) / transitions)
+    bad = sum(any(int(v) for v in c.values()) for c in checks)
+    assert level["unrealistic_rollouts_pct"] == pytest.approx(100 * bad / len(b))
+    assert [not bool(v) for v in b.extras["realistic"]] == [any(int(v) for v in c.values())
+                                                          for c in checks]
     # the LLM-as-policy baseline decodes the bin head the same way, inside the bounds
     from kalm.envs.registry import get_env, make_env
     from kalm.eval.llm_policy import LLMPolicy

@@ -112,9 +112,19 @@ def test_actions_are_clipped_and_bad_ones_refused(env):
 
 
 # ------------------------------------------------------------------ judge, rewards
-def test_state_judge_agrees_with_the_simulator(episodes):
-    for task, (_, _, _, succ, sim) in episodes.items():
-        assert np.mean(succ == sim) >= 0.99, (task, succ, sim)
+def test_state_judge_agrees_with_the_simulator(env, episodes):
+    """kalm's state judge against metaworld's own `info["success"]` (`sim_success`) on every
+    step of two noisy scripted episodes per native task (the shared one and another seed);
+    the composites' `info["success"]` is kalm's own ordered judge, checked against the
+    simulator's joints in `test_composite_stages_match_the_simulators_joints` instead."""
+    checked = 0
+    for task in TASKS:
+        if TASKS[task].composite:
+            continue
+        for _, _, _, succ, sim in (episodes[task], run_expert(env, task, 1001, episode=1)):
+            assert np.mean(succ == sim) >= 0.99, (task, succ, sim)
+            checked += sim.any()
+    assert checked >= 20  # the comparison covers successes, not only failures
 
 
 def test_env_rewards_equal_the_shared_reward_function(episodes):
@@ -134,13 +144,42 @@ def test_expert_solves_the_tasks_it_can(episodes):
     assert solved >= set(TASKS) - weaker, set(TASKS) - solved
 
 
-def test_composites_succeed_for_the_two_stage_expert():
+def test_composite_stages_match_the_simulators_joints():
+    """locked-door-open's stages, judged by kalm on the 91-d state, against conditions read
+    from the simulator itself at every step of a scripted episode: the door hinge's angle
+    (stage 1 needs the door closed; kalm reads it from the lock block's quaternion), the lock
+    joint's angle (turned from its locked 1.5708) and the handle geom against the open target
+    (stage 2)."""
+    from kalm.envs.metaworld.goals import door_angle, episode_successes, stage_holds
+
     e = MetaWorldKALMEnv(max_episode_steps=200)
-    _, _, _, succ, _ = run_expert(e, "locked-door-open", 1001, noise=0.0)
-    assert succ.any() and succ.argmax() + 1 > 100  # beyond KALM's 100-step horizon
     sub = e.sub_env("locked-door-open")
     door = sub.model.joint("doorjoint").qposadr[0]
     lock = sub.model.joint("lockjoint").qposadr[0]
+    agent = MW.policy("expert:noise=0.0")
+    agent.rng = np.random.default_rng(0)
+    s, _ = e.reset(seed=1001, options={"goal": goal_for("locked-door-open")})
+    agent.begin(e, e.goal, "")
+    assert sub.data.qpos[lock] == pytest.approx(1.5708) and sub.data.qpos[door] == 0.0
+    states, succ, first_sim_stage1 = [s], [], None
+    while True:
+        s, _, term, trunc, info = e.step(agent.act(s))
+        states.append(s)
+        succ.append(info["is_success"])
+        door_q, lock_q = float(sub.data.qpos[door]), float(sub.data.qpos[lock])
+        assert door_angle(s) == pytest.approx(door_q, abs=2e-3)
+        handle_x = float(sub.data.geom("handle").xpos[0])
+        assert stage_holds("locked-door-open", 1, s) == (
+            abs(handle_x - float(sub._target_pos[0])) <= 0.08)
+        if stage_holds("locked-door-open", 0, s):
+            assert abs(door_q) <= 0.1 and lock_q < 1.5708 - 0.3  # closed, the lock turned
+            first_sim_stage1 = first_sim_stage1 or len(states) - 1
+        if term or trunc:
+            break
+    assert first_sim_stage1 is not None and succ[-1]
+    ok = episode_successes(goal_for("locked-door-open"), np.array(states))
+    assert ok.tolist() == succ and int(np.argmax(ok)) + 1 > first_sim_stage1
+    assert int(np.argmax(ok)) + 1 > 100  # beyond KALM's 100-step horizon
     assert (door, lock) == (9, 10) and sub.data.qpos[door] < -0.5  # the door swung open
     e.reset(seed=3, options={"goal": goal_for("locked-door-open")})
     assert sub.data.qpos[lock] == pytest.approx(1.5708) and sub.data.qpos[door] == 0.0

@@ -238,3 +238,123 @@ def test_action_bounds_and_policy_options():
                       state_high=[1], make=dict, validate_goal=dict, is_success=bool,
                       max_steps=len, episode_rewards=len, action_low=[0, 0, 0],
                       action_high=[1, 1, 1])
+
+
+# the spec's success table (docs/metaworld.md), written out here, independent of goals.CHECKS:
+# task -> (entity (None: the tcp), checked axes, threshold, offset added to the entity)
+SPEC_TABLE = {
+    "reach": (None, "xyz", 0.05, (0, 0, 0)), "reach-wall": (None, "xyz", 0.05, (0, 0, 0)),
+    "push": ("target_object", "xyz", 0.05, (0, 0, 0)),
+    "pick-place": ("target_object", "xyz", 0.07, (0, 0, 0)),
+    "push-wall": ("target_object", "xyz", 0.07, (0, 0, 0)),
+    "pick-place-wall": ("target_object", "xyz", 0.07, (0, 0, 0)),
+    "button-press": ("button", "y", 0.02, (0, 0, 0)),
+    "button-press-wall": ("button", "y", 0.03, (0, 0, 0)),
+    "door-unlock": ("lock", "x", 0.02, (0, 0, 0)), "door-lock": ("lock", "z", 0.02, (0, 0, 0)),
+    "door-open": ("handle", "x", 0.08, (0, 0, 0)),
+    "door-close": ("handle", "xyz", 0.08, (0, 0, 0)),
+    "window-open": ("window", "x", 0.05, (0, 0, 0)),
+    "window-close": ("window", "x", 0.05, (0, 0, 0)),
+    "faucet-open": ("faucet", "xyz", 0.07, (-0.04, 0.0, 0.03)),
+    "faucet-close": ("faucet", "xyz", 0.07, (0, 0, 0)),
+    "coffee-push": ("coffee", "xyz", 0.07, (0, 0, 0)),
+    "coffee-button": ("coffee_button", "y", 0.02, (0, 0, 0)),
+    "soccer": ("soccer", "xyz", 0.07, (0, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("task", sorted(SPEC_TABLE))
+def test_every_native_threshold_is_the_specs(task):
+    entity, axes, thr, offset = SPEC_TABLE[task]
+    goal = {"kind": "task", "task": task}
+    t = np.array([0.05, 0.7, 0.15])
+    direction = {"x": [1, 0, 0], "y": [0, 1, 0], "z": [0, 0, 1],
+                 "xyz": np.array([2.0, -1.0, 2.0]) / 3.0}[axes]
+    where = slice(0, 3) if entity is None else ENTITY_POS[entity]
+
+    def state(distance, elsewhere=0.0):
+        s = np.zeros(91)
+        s[0:4] = (0.0, 0.6, 0.2, 1.0)
+        s[TARGET] = t
+        if entity is not None:
+            s[ENTITY_QUAT[entity]] = (1.0, 0.0, 0.0, 0.0)
+        s[where] = t - np.asarray(offset) + distance * np.asarray(direction, float)
+        if axes != "xyz":  # the unchecked axes do not matter
+            s[where] += elsewhere * (1 - np.asarray(direction, float))
+        return s
+
+    assert is_success(goal, state(0.0))
+    assert is_success(goal, state(thr - 0.002)) and is_success(goal, state(-(thr - 0.002)))
+    assert not is_success(goal, state(thr + 0.002))
+    assert not is_success(goal, state(-(thr + 0.002)))
+    if axes != "xyz":
+        assert is_success(goal, state(thr - 0.002, elsewhere=0.3))
+
+
+def test_hammer_needs_the_nail_driven_past_its_travel():
+    goal = {"kind": "task", "task": "hammer"}
+    s = np.zeros(91)
+    s[ENTITY_POS["nail"]] = (0.1, 0.64, 0.1)  # the nail's start
+    assert not is_success(goal, s)
+    s[ENTITY_POS["nail"].start + 1] = 0.73  # exactly 0.09 in: metaworld's test is strict
+    assert not is_success(goal, s)
+    s[ENTITY_POS["nail"].start + 1] = 0.7301
+    assert is_success(goal, s)
+
+
+LOCKED_DOOR = {"kind": "sequence", "task": "locked-door-open",
+               "stages": ["door-unlock", "door-open"]}
+
+
+def _door_state(lock_dx: float, angle: float, handle_dx: float | None = None,
+                lock_to_handle: float = 0.208) -> np.ndarray:
+    """T = the open target; the lock `lock_dx` from the unlock target T + (0.4, ...) in x; the
+    door `angle` rad about its hinge (the lock block's quaternion, wxyz); the handle
+    `lock_to_handle` from the lock (0.208 locked, 0.14 unlocked), or `handle_dx` from T in x."""
+    s = np.zeros(91)
+    s[0:4] = (0.0, 0.6, 0.2, 1.0)
+    t = np.array([-0.25, 0.35, 0.15])
+    s[TARGET] = t
+    lock = t + np.array([0.4 + lock_dx, 0.292, 0.061])
+    s[ENTITY_POS["lock"]] = lock
+    s[ENTITY_QUAT["lock"]] = (np.cos(angle / 2), 0.0, 0.0, np.sin(angle / 2))
+    handle = lock + np.array([0.0, 0.0, -lock_to_handle])
+    if handle_dx is not None:
+        handle[0] = t[0] + handle_dx
+    s[ENTITY_POS["handle"]] = handle
+    s[ENTITY_QUAT["handle"]] = (0.69, -0.15, 0.69, 0.15)
+    return s
+
+
+def test_locked_door_stage_one_needs_the_unlock_target_with_the_door_closed():
+    """The spec's stage 1: |T_x + 0.4 - lock_x| <= 0.02 with the door closed. The lock's x on
+    an opened door says nothing about the lock (it rides on the door); the door angle is read
+    from the lock block's quaternion, the door's orientation."""
+    from kalm.envs.metaworld.goals import door_angle, stage_holds
+
+    assert door_angle(_door_state(0.0, -0.5)) == pytest.approx(-0.5)
+    flipped = _door_state(0.0, -0.5)
+    flipped[ENTITY_QUAT["lock"]] *= -1  # the same rotation
+    assert door_angle(flipped) == pytest.approx(-0.5)
+    # at the unlock target, door closed (whatever the lock-handle distance says)
+    assert stage_holds("locked-door-open", 0, _door_state(0.015, 0.0))
+    assert stage_holds("locked-door-open", 0, _door_state(-0.015, 0.004, lock_to_handle=0.14))
+    assert not stage_holds("locked-door-open", 0, _door_state(0.025, 0.0))  # not there yet
+    # the x test met on a door swung open: not stage 1, even with the lock turned
+    assert not stage_holds("locked-door-open", 0, _door_state(0.0, -0.5, lock_to_handle=0.14))
+    assert not stage_holds("locked-door-open", 0, _door_state(0.0, 0.2))
+
+
+def test_locked_door_open_is_ordered_on_a_closed_door_unlock():
+    locked = _door_state(-0.1, 0.0)  # reset: 0.1 m short of the unlock target, door closed
+    unlocked = _door_state(0.0, 0.0, lock_to_handle=0.14)
+    swung = _door_state(0.0, -0.6, lock_to_handle=0.2)  # x test met only by swinging the door
+    opened = _door_state(-0.37, -1.4, handle_dx=0.03, lock_to_handle=0.15)
+    ok = episode_successes(LOCKED_DOOR, np.array([locked, unlocked, opened]))
+    assert ok.tolist() == [False, True]
+    ok = episode_successes(LOCKED_DOOR, np.array([locked, swung, opened]))
+    assert ok.tolist() == [False, False]
+    # the per-state form: unlocked (lock near the handle) and the handle at the target
+    assert is_success(LOCKED_DOOR, opened)
+    assert not is_success(LOCKED_DOOR, _door_state(-0.37, -1.4, handle_dx=0.03))  # locked
+    assert not is_success(LOCKED_DOOR, unlocked)  # the handle far from T

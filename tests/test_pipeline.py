@@ -142,8 +142,8 @@ def test_adding_an_algorithm_runs_only_its_stages(tmp_path):
     runner = Runner(cfg.run_dir, lambda m: None)
     for s in _fake_pipeline(bigger, calls):
         runner.run(s)
-    assert calls == ["train-bcq-seed0", "evaluate-bcq-seed0", "train-bcq-seed1",
-                     "evaluate-bcq-seed1", "report"]
+    assert calls == ["train-bcq-seed0", "evaluate-bcq-seed0", "evaluate-dev-bcq-seed0",
+                     "train-bcq-seed1", "evaluate-bcq-seed1", "evaluate-dev-bcq-seed1", "report"]
 
     # the imagination batch size changes speed only; the grounding device too
     faster = dataclasses.replace(

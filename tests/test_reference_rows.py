@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline import _fake_pipeline
-from test_shooting import _tasks
 
 from kalm.data.episodes import read_episodes, write_episodes
 from kalm.imagination.relabel import first_proposals, write_first_proposals
@@ -25,6 +23,8 @@ from kalm.run_folder import (
     load_run_config,
     stage_names,
 )
+from test_pipeline import _fake_pipeline
+from test_shooting import _tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFT = {"kind": "relation", "object": "red", "reference": "blue", "direction": "left"}

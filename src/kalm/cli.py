@@ -114,6 +114,9 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
               help="Built-in goal suite of the env (clevr: train, rephrase, easy, hard, all).")
 @click.option("--suite-file", type=click.Path(dir_okay=False), default=None,
               help="A JSONL goal suite to use instead of a built-in one.")
+@click.option("--split", type=click.Choice(["dev", "test"]), default=None,
+              help="Only that half of the built-in suite's goals (defaults are chosen on dev, "
+                   "headlines reported on test; `kalm run` evaluates test, and dev beside it).")
 @click.option("--episodes", type=int, default=100, show_default=True, help="Episodes per level.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
@@ -126,8 +129,8 @@ def collect(env, suite, suite_file, episodes, seed, epsilon, keep_failures, poli
 @click.option("--device", default="auto", show_default=True,
               help="Where a grounded model (LLM-as-policy) runs: auto (cuda when present), cpu, "
                    "cuda, cuda:N.")
-def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_region, json_out,
-             gif, device) -> None:
+def evaluate(env, policy, suite, suite_file, split, episodes, seed, workers, init_region,
+             json_out, gif, device) -> None:
     """Run a policy closed-loop in the real simulator and print success per level."""
     from kalm.data.suites import SuiteError, resolve_suite
     from kalm.envs.registry import EnvError, get_env
@@ -154,12 +157,17 @@ def evaluate(env, policy, suite, suite_file, episodes, seed, workers, init_regio
     if gif and definition.draw_state is None:
         _fail(ValueError(f"--gif: env {definition.name!r} has no draw_state hook"))
     try:
+        if split and suite_file:
+            raise SuiteError("--split splits a built-in suite; a --suite-file is used whole")
         goal_suite = resolve_suite(suite, suite_file, definition)
+        if split:
+            goal_suite = goal_suite.split(split)
         result = evaluate_policy(factory, goal_suite, episodes, seed=seed, workers=workers,
                                  init_region=init_region, name=policy, env=env)
     except (SuiteError, ValueError) as exc:
         _fail(exc)
-    click.echo(f"policy {result.policy}, seed {seed}, suite {suite_file or suite}")
+    click.echo(f"policy {result.policy}, seed {seed}, suite {suite_file or suite}"
+               f"{f' ({split} half)' if split else ''}")
     click.echo(result.table())
     if json_out:
         write_json(result.to_json(), json_out)
@@ -532,7 +540,7 @@ def dynamics(real, out, members, hidden, epochs, seed) -> None:
         definition = get_env(data.spec.env)
         ens = DynamicsEnsemble.fit(
             data, DynamicsConfig(members=members, hidden=hidden, epochs=epochs, seed=seed),
-            bounds=(definition.state_low, definition.state_high))
+            bounds=definition.clamp_box())
     except (EpisodeFileError, EnvError, ValueError) as exc:
         _fail(exc)
     ens.save(out)

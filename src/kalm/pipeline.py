@@ -38,6 +38,7 @@ from kalm.run_folder import (
     VERIFIED,
     RunConfig,
     compare_config,
+    dev_split,
     evaluate_stage,
     first_proposals_data,
     imagine_stage,
@@ -251,15 +252,18 @@ def label_config(cfg: RunConfig, level: str) -> dict[str, Any]:
     return _hashed({"level": level, **to_dict(cfg.label)})
 
 
-def evaluate_config(cfg: RunConfig) -> dict[str, Any]:
-    ev = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "llm_policy_episodes"}
-    return _hashed({**ev, "suite_file": cfg.suite_file})
+def evaluate_config(cfg: RunConfig, split: str | None = None) -> dict[str, Any]:
+    """What evaluating reads: the split evaluated (the headline's unless SPLIT), not whether a
+    dev evaluation runs beside it."""
+    ev = {k: v for k, v in to_dict(cfg.evaluate).items()
+          if k not in ("llm_policy_episodes", "dev")}
+    return _hashed({**ev, "split": split or cfg.evaluate.split, "suite_file": cfg.suite_file})
 
 
 def llm_policy_config(cfg: RunConfig) -> dict[str, Any]:
     ev = cfg.evaluate
     return {"levels": list(ev.levels), "episodes": ev.llm_policy_episodes, "seed": ev.seed,
-            "suite_file": cfg.suite_file}
+            "suite_file": cfg.suite_file, **({"split": ev.split} if ev.split else {})}
 
 
 def _ground_resolved(folder: Path) -> dict[str, Any]:
@@ -294,7 +298,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
             definition = get_env(cfg.env)
             ens = DynamicsEnsemble.fit(read_episodes(real_data(root)), cfg.dynamics,
-                                       bounds=(definition.state_low, definition.state_high),
+                                       bounds=definition.clamp_box(),
                                        threads=None)
             ens.save(folder)
             return [folder / WEIGHTS, folder / META]
@@ -423,16 +427,18 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 stages.append(Stage(train_name, train_config(cfg, algo, seed, variant),
                                     [COLLECT, *data_stages[variant]], run_train))
 
-                def run_eval(folder: Path, algo: str = algo, seed: int = seed,
-                             variant: str | None = variant) -> list[Path]:
-                    from kalm.eval.compare import evaluate_seed
+                for split in ([None, "dev"] if dev_split(cfg) else [None]):
+                    def run_eval(folder: Path, algo: str = algo, seed: int = seed,
+                                 variant: str | None = variant, split: str | None = split
+                                 ) -> list[Path]:
+                        from kalm.eval.compare import evaluate_seed
 
-                    cc = compare_config(cfg, algo, root, variant)
-                    evaluate_seed(cc, root / train_stage(algo, seed, variant), folder, seed)
-                    return sorted(folder.glob("*/eval-*.json"))
+                        cc = compare_config(cfg, algo, root, variant, split)
+                        evaluate_seed(cc, root / train_stage(algo, seed, variant), folder, seed)
+                        return sorted(folder.glob("*/eval-*.json"))
 
-                stages.append(Stage(evaluate_stage(algo, seed, variant), evaluate_config(cfg),
-                                    [train_name], run_eval))
+                    stages.append(Stage(evaluate_stage(algo, seed, variant, split),
+                                        evaluate_config(cfg, split), [train_name], run_eval))
 
     if LLM_POLICY in cfg.rl.reference_rows:
         def run_llm_policy(folder: Path) -> list[Path]:
@@ -440,7 +446,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
             return evaluate_llm_policy(root / GROUND, folder, list(cfg.evaluate.levels),
                                        cfg.evaluate.llm_policy_episodes, cfg.evaluate.seed,
-                                       cfg.evaluate.workers, cfg.env, cfg.suite_file)
+                                       cfg.evaluate.workers, cfg.env, cfg.suite_file,
+                                       cfg.evaluate.split)
 
         stages.append(Stage(LLM_POLICY_STAGE, llm_policy_config(cfg), [GROUND], run_llm_policy))
 

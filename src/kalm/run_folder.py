@@ -106,8 +106,17 @@ def train_stage(algo: str, seed: int, variant: str | None = None) -> str:
     return f"train-{algo}-{_variant(variant)}seed{seed}"
 
 
-def evaluate_stage(algo: str, seed: int, variant: str | None = None) -> str:
-    return f"evaluate-{algo}-{_variant(variant)}seed{seed}"
+def evaluate_stage(algo: str, seed: int, variant: str | None = None,
+                   split: str | None = None) -> str:
+    """The evaluation of a train stage's policies: on the headline split (`evaluate.split`), or
+    `evaluate-dev-...` on the dev half where defaults are chosen."""
+    where = "dev-" if split == "dev" else ""
+    return f"evaluate-{where}{algo}-{_variant(variant)}seed{seed}"
+
+
+def dev_split(cfg: RunConfig) -> bool:
+    """Whether the run evaluates its policies on the dev half too (built-in suites only)."""
+    return cfg.evaluate.dev and cfg.evaluate.split == "test" and not cfg.suite_file
 
 
 def real_data(root: Path) -> Path:
@@ -181,6 +190,8 @@ def stage_names(cfg: RunConfig) -> list[str]:
         for seed in cfg.seeds:
             for variant in variants(cfg):
                 names += [train_stage(algo, seed, variant), evaluate_stage(algo, seed, variant)]
+                if dev_split(cfg):
+                    names.append(evaluate_stage(algo, seed, variant, "dev"))
     if LLM_POLICY in cfg.rl.reference_rows:
         names.append(LLM_POLICY_STAGE)
     names += [reference_policy_stage(p) for p in POLICY_REFERENCES
@@ -262,6 +273,21 @@ class EvaluateStage:
     llm_policy_episodes: int = 30
     seed: int = 1000
     workers: int = 2
+    # the half of each built-in suite (by goal) the headline is evaluated on: `test`, `dev`,
+    # or None (whole suites, as before the split); `dev: true` evaluates every policy on the
+    # dev half too, in stages of its own (evaluate-dev-...), with other scenes: defaults are
+    # chosen there, never on the headline's goals and scenes
+    split: str | None = "test"
+    dev: bool = True
+    # each RL seed's policies on scenes of their own, so the spread includes scene variance
+    scenes_per_seed: bool = True
+
+    def __post_init__(self) -> None:
+        from kalm.data.suites import SPLITS
+
+        if self.split is not None and self.split not in SPLITS:
+            raise ConfigError(f"evaluate.split: expected one of {', '.join(SPLITS)} or null, "
+                              f"got {self.split!r}")
 
 
 @dataclass
@@ -434,17 +460,19 @@ def too_few_kept(label_stats: dict[str, Any] | None, keep: str, min_share: float
     return int(kept[keep]) < min_share * int(kept["all"])
 
 
-def compare_config(cfg: RunConfig, algo: str, root: Path, variant: str | None = None
-                   ) -> CompareConfig:
+def compare_config(cfg: RunConfig, algo: str, root: Path, variant: str | None = None,
+                   split: str | None = None) -> CompareConfig:
     """The policies of one algorithm's RL stages: the default variant trains the baseline and
     KALM on the labelled data; a reference variant trains only its own policies (the baseline
-    is the default variant's): the paper's at 1:1, the shooting rows at KALM's shares."""
+    is the default variant's): the paper's at 1:1, the shooting rows at KALM's shares.
+    Evaluated on SPLIT, by default the headline's (`evaluate.split`)."""
     paper = variant == PAPER
     return CompareConfig(
         real=str(real_data(root)), out="", algo=algo, seeds=list(cfg.seeds),
         steps=cfg.rl.steps[algo], episodes=cfg.evaluate.episodes,
         easy_episodes=cfg.evaluate.easy_episodes, levels=list(cfg.evaluate.levels),
         suite_file=cfg.suite_file, workers=cfg.evaluate.workers, eval_seed=cfg.evaluate.seed,
+        split=split or cfg.evaluate.split, scenes_per_seed=cfg.evaluate.scenes_per_seed,
         imagined=kalm_data(cfg, root, algo, variant),
         imagined_ratio=0.5 if paper else cfg.rl.algo_ratio(algo),
         level_ratios={} if paper else dict(cfg.rl.level_ratios),

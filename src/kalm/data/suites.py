@@ -7,6 +7,7 @@ problem is reported with the file and line number.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from kalm.envs.registry import EnvLike
 
 BUILTIN_LEVELS = ("train", "rephrase", "easy", "hard")  # CLEVR's; other envs name their own
+# halves of a suite by goal: defaults are chosen on `dev`, headlines reported on `test`
+SPLITS = ("dev", "test")
 _LINE_KEYS = {"instruction", "level", "goal", "init"}
 
 
@@ -74,6 +77,24 @@ class GoalSuite:
 
     def by_level(self, level: str) -> GoalSuite:
         return GoalSuite([e for e in self.entries if e.level == level], name=f"{self.name}:{level}")
+
+    def split(self, part: str) -> GoalSuite:
+        """The `dev` or `test` half of the suite's goals, every phrasing of a goal on the same
+        side: goals ordered by a hash of their canonical JSON (fixed by content, not by file
+        order), the first half (rounded down) dev, the rest test, within each level."""
+        if part not in SPLITS:
+            raise SuiteError(f"unknown split {part!r}; expected one of {', '.join(SPLITS)}")
+        chosen: set[tuple[str, str]] = set()
+        for level in self.levels:
+            keys = sorted({e.goal_key for e in self.entries if e.level == level},
+                          key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+            half = keys[: len(keys) // 2] if part == "dev" else keys[len(keys) // 2 :]
+            chosen.update((level, k) for k in half)
+        entries = [e for e in self.entries if (e.level, e.goal_key) in chosen]
+        if not entries:
+            raise SuiteError(f"{self.name}: its {part} half is empty (one goal per level "
+                             "cannot be split)")
+        return GoalSuite(entries, name=f"{self.name}@{part}")
 
 
 def parse_suite_lines(
@@ -178,8 +199,12 @@ def builtin_suite_path(level: str, env: EnvLike = "clevr") -> Path:
     return path
 
 
-def load_builtin_suite(level: str, env: EnvLike = "clevr") -> GoalSuite:
-    """One built-in suite of `env`, or `all` for all of them together."""
+def load_builtin_suite(level: str, env: EnvLike = "clevr", split: str | None = None
+                       ) -> GoalSuite:
+    """One built-in suite of `env`, or `all` for all of them together; with SPLIT, its `dev` or
+    `test` half by goal."""
+    if split is not None:
+        return load_builtin_suite(level, env).split(split)
     from kalm.envs.registry import resolve_env
 
     definition = resolve_env(env)

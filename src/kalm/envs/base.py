@@ -116,6 +116,10 @@ class EnvDefinition:
       the env string the user passed);
     - `state_low` / `state_high`: per observation dimension, the box generated states are
       clamped to (also stored in the rollout model);
+    - `reset_low` / `reset_high` (optional): the box states at reset lie in, where it is wider
+      than `state_low`/`state_high` (CLEVR samples start positions inside its walls; the first
+      push ejects them); `clamp_box()` joins both boxes: the box a model of the dynamics may
+      clamp to without clipping any state the env can produce;
     - `make(**kwargs)`: a gymnasium env; `reset(seed=, options={"goal", "instruction", "init"})`
       returns `info["is_success"]`, `step` reports success in `info["is_success"]` (what
       collection and evaluation count; an env may also terminate on it, or never terminate,
@@ -142,7 +146,8 @@ class EnvDefinition:
       ImagineBench's code (`kalm import`): `record` holds `"vector"` (an episode's goal vector,
       or None), `"task"` (its task name, or None) and `"level"` (the level the user says the
       file holds, or None); it returns the goal dict, None when they do not determine one, and
-      raises ValueError naming what is wrong;
+      raises ValueError naming what is wrong; `published_episode(observations, terminals,
+      success)` puts an imported episode in kalm's layout and says so in file attrs;
     - `gym_id` (optional): the Gymnasium id the env is registered under, written into exported
       datasets (Minari) so that other tools can make the env from the data.
     """
@@ -169,7 +174,13 @@ class EnvDefinition:
     action_low: Sequence[float] | None = None
     action_high: Sequence[float] | None = None
     published_goal: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None
+    # (observations, terminals, published success flag or None) of one imported episode ->
+    # (observations, terminals, file attrs) in kalm's layout, where the published code stored
+    # states or endings differently (Meta-World: KALM's hand point, successes as timeouts)
+    published_episode: Callable[..., tuple[np.ndarray, np.ndarray, dict[str, str]]] | None = None
     gym_id: str | None = None
+    reset_low: Sequence[float] | None = None
+    reset_high: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         s = self.spec
@@ -181,6 +192,10 @@ class EnvDefinition:
             raise ValueError(f"env {self.name!r}: action_type must be 'discrete' or "
                              f"'continuous', got {s.action_type!r}")
         self._set_bounds("state", self.state_low, self.state_high, "obs_dim", s.obs_dim)
+        if (self.reset_low is None) != (self.reset_high is None):
+            raise ValueError(f"env {self.name!r}: give both reset_low and reset_high")
+        if self.reset_low is not None:
+            self._set_bounds("reset", self.reset_low, self.reset_high, "obs_dim", s.obs_dim)
         self._check_action_bounds()
         for hook in ("make", "validate_goal", "is_success", "max_steps", "episode_rewards"):
             if not callable(getattr(self, hook)):
@@ -210,6 +225,15 @@ class EnvDefinition:
             raise ValueError(f"env {self.name!r}: {kind}_low exceeds {kind}_high somewhere")
         object.__setattr__(self, f"{kind}_low", low)
         object.__setattr__(self, f"{kind}_high", high)
+
+    def clamp_box(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(low, high) per observation dimension covering both the state box and the reset box:
+        every state the env can produce, at reset or after a step."""
+        if self.reset_low is None:
+            return tuple(self.state_low), tuple(self.state_high)
+        low = tuple(min(a, b) for a, b in zip(self.state_low, self.reset_low, strict=True))
+        high = tuple(max(a, b) for a, b in zip(self.state_high, self.reset_high, strict=True))
+        return low, high
 
     def clip_action(self, action: Any) -> Any:
         """A continuous action clipped to the env's bounds (as is without bounds or for discrete

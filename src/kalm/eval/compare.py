@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kalm.data.suites import load_builtin_suite, resolve_suite
+from kalm.data.suites import SPLITS, load_builtin_suite, resolve_suite
 from kalm.eval.evaluate import evaluate_policy
 from kalm.io import claim_folder, file_sha256, write_json, write_text_atomic
 from kalm.rl.algos import AlgoConfig
@@ -53,6 +53,12 @@ class CompareConfig:
     suite_file: str | None = None  # evaluate on this suite instead of the built-in ones
     workers: int = 2
     eval_seed: int = 1000
+    # evaluate on this half of each built-in suite by goal (`dev` or `test`; None: whole suites;
+    # a suite_file is the user's own and is never split)
+    split: str | None = None
+    # each RL seed's policies on scenes of their own (seeded by eval_seed, split and RL seed),
+    # so the spread over seeds includes scene variance, not only training variance
+    scenes_per_seed: bool = False
     imagined_ratio: float = 0.5  # share of each KALM batch drawn from imagined data
     level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
     env: str = "clevr"  # kalm.envs.registry name of the env the policies are evaluated in
@@ -62,6 +68,9 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.method == "baseline":
             raise ValueError("method 'baseline' is the real-only policy's name")
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split: expected one of {', '.join(SPLITS)} or None, got "
+                             f"{self.split!r}")
 
     def ratio_for(self, level: str) -> float:
         return self.level_ratios.get(level, self.imagined_ratio)
@@ -70,7 +79,23 @@ class CompareConfig:
 def _suite(cfg: CompareConfig, level: str):
     if cfg.suite_file:
         return resolve_suite(None, cfg.suite_file, env=cfg.env).by_level(level)
-    return load_builtin_suite(level, env=cfg.env)
+    return load_builtin_suite(level, env=cfg.env, split=cfg.split)
+
+
+def scene_seed(base: int, split: str | None = None, rl_seed: int | None = None) -> int:
+    """The evaluation seed (scenes and goal order) of a split and an RL seed's policies: BASE
+    itself for whole suites shared by every seed (the old way), else a seed of its own for each
+    (split, RL seed), so dev and test never share scenes and each seed draws its own."""
+    if split is None and rl_seed is None:
+        return base
+    parts = [base, 0 if split is None else 1 + SPLITS.index(split),
+             *([] if rl_seed is None else [1 + rl_seed])]
+    return int(np.random.SeedSequence(parts).generate_state(1)[0])
+
+
+def eval_seed_for(cfg: CompareConfig, rl_seed: int | None) -> int:
+    split = None if cfg.suite_file else cfg.split
+    return scene_seed(cfg.eval_seed, split, rl_seed if cfg.scenes_per_seed else None)
 
 
 def policy_runs(cfg: CompareConfig, seed: int) -> list[tuple[str, str | None]]:
@@ -127,7 +152,8 @@ def level_episodes(cfg: CompareConfig, level: str) -> int:
     return cfg.easy_episodes if level == "easy" else cfg.episodes
 
 
-def eval_identity(cfg: CompareConfig, policy_dir: Path, levels: list[str]) -> dict[str, Any]:
+def eval_identity(cfg: CompareConfig, policy_dir: Path, levels: list[str],
+                  rl_seed: int | None = None) -> dict[str, Any]:
     """What decides a policy's evaluation results (the suite files by content)."""
     from kalm.envs.registry import get_env
     from kalm.rl.train import POLICY_FILE
@@ -139,18 +165,21 @@ def eval_identity(cfg: CompareConfig, policy_dir: Path, levels: list[str]) -> di
         suite = {lv: file_identity(p) if (p := definition.suite_path(lv)) else None
                  for lv in levels}
     return {"kind": "kalm evaluate", "policy": file_identity(policy_dir / POLICY_FILE),
-            "levels": {lv: level_episodes(cfg, lv) for lv in levels}, "seed": cfg.eval_seed,
-            "suite": suite, "env": cfg.env, "init_region": "paper"}
+            "levels": {lv: level_episodes(cfg, lv) for lv in levels},
+            "seed": eval_seed_for(cfg, rl_seed), "suite": suite, "env": cfg.env,
+            "init_region": "paper",
+            **({"split": cfg.split} if cfg.split and not cfg.suite_file else {})}
 
 
-def _evaluate(cfg: CompareConfig, policy: Any, name: str, level: str, out: Path
-              ) -> dict[str, Any]:
+def _evaluate(cfg: CompareConfig, policy: Any, name: str, level: str, out: Path,
+              rl_seed: int | None = None) -> dict[str, Any]:
     """One level's result, from OUT when it is already written (resume). `policy` is what
     `evaluate_policy` takes: a factory or one of the env's built-in policy names."""
     if out.exists():
         return json.loads(out.read_text())
     res = evaluate_policy(policy, _suite(cfg, level), level_episodes(cfg, level),
-                          seed=cfg.eval_seed, workers=cfg.workers, name=name, env=cfg.env)
+                          seed=eval_seed_for(cfg, rl_seed), workers=cfg.workers, name=name,
+                          env=cfg.env)
     result = res.to_json()["levels"][level]
     write_json(result, out)
     return result
@@ -188,12 +217,12 @@ def evaluate_seed(cfg: CompareConfig, policies: Path, out: Path, seed: int
     for name, level in policy_runs(cfg, seed):
         levels = cfg.levels if level is None else [level]
         folder = out / name
-        claim_folder(folder, eval_identity(cfg, policies / name, levels), stale="remove")
+        claim_folder(folder, eval_identity(cfg, policies / name, levels, seed), stale="remove")
         method = "baseline" if level is None else cfg.method
         for lv in levels:
             policy_dir = str(policies / name)
             results[method][lv] = _evaluate(cfg, functools.partial(TrainedPolicy, policy_dir),
-                                            policy_dir, lv, folder / f"eval-{lv}.json")
+                                            policy_dir, lv, folder / f"eval-{lv}.json", seed)
     return results
 
 

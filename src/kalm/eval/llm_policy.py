@@ -82,11 +82,13 @@ class LLMPolicy:
 
 def evaluate_llm_policy(model_dir: str | Path, out: str | Path, levels: list[str],
                         episodes: int, seed: int, workers: int, env: str,
-                        suite_file: str | None = None) -> list[Path]:
+                        suite_file: str | None = None, split: str | None = None) -> list[Path]:
     """The grounded model acting in the real env on each level: OUT/eval-LEVEL.json per level
     (a level already evaluated is kept: resuming). On the CPU: the model decodes one episode
-    at a time, so this is the slow row of a report."""
+    at a time, so this is the slow row of a report. SPLIT: that half of each built-in suite,
+    on its own scenes (`compare.scene_seed`)."""
     from kalm.data.suites import load_builtin_suite, resolve_suite
+    from kalm.eval.compare import scene_seed
     from kalm.eval.evaluate import evaluate_policy
     from kalm.io import write_json
 
@@ -97,9 +99,11 @@ def evaluate_llm_policy(model_dir: str | Path, out: str | Path, levels: list[str
         path = out / f"eval-{level}.json"
         if not path.exists():
             suite = (resolve_suite(None, suite_file, env=env).by_level(level) if suite_file
-                     else load_builtin_suite(level, env=env))
+                     else load_builtin_suite(level, env=env, split=split))
             res = evaluate_policy(functools.partial(LLMPolicy, str(model_dir), device="cpu"),
-                                  suite, episodes, seed=seed, workers=workers,
+                                  suite, episodes,
+                                  seed=scene_seed(seed, None if suite_file else split),
+                                  workers=workers,
                                   name=f"LLM as policy ({model_dir})", env=env)
             write_json(res.to_json()["levels"][level], path)
         json.loads(path.read_text())  # a readable result, or fail here rather than in the report

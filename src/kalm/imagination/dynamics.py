@@ -190,8 +190,10 @@ class DynamicsEnsemble:
         """Fit on the real episodes of `data`; `cfg.val_fraction` of the episodes are held out
         for early stopping: `split_episodes(len(data), val_fraction, seed)`, the split `kalm
         ground` makes, so with the same seed and fraction both hold out the same episodes.
-        `bounds` (low, high) is the box predicted states are clamped to; `threads` (speed only)
-        the torch threads to train with, None for torch's setting."""
+        `bounds` (low, high) is the box predicted states are clamped to (kalm's commands pass
+        the env definition's `clamp_box()`: its state box joined with its reset box, so no
+        start state is moved); `threads` (speed only) the torch threads to train with, None
+        for torch's setting."""
         cfg = cfg or DynamicsConfig()
         if cfg.members < 1 or cfg.layers < 0 or cfg.hidden < 1 or cfg.batch_size < 1:
             raise ValueError(f"invalid DynamicsConfig {cfg}")

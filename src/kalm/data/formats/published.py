@@ -25,6 +25,11 @@ projects' trainers read these files. Goals become kalm goal dicts through the en
 stay in extras (`published_goal`, `published_task`), other paraphrases in `paraphrases` (JSON),
 ImagineBench's encodings in `instruction_encoding`.
 
+Meta-World files are KALM's: s[0:3] is its hand body, kalm's is the tcp, so `TCP_OFFSET` is
+added (attrs `hand_to_tcp`); an episode flagged successful (`is_successes`) ends at a terminal,
+where KALM's files store it as a timeout; the rewards stay KALM's (its shaped dense-v2 reward,
+on a similar 0-10 scale but not kalm's `episode_rewards`: attrs `rewards` says so).
+
 Pickled arrays are read only with `allow_pickle=True`: unpickling can run arbitrary code.
 """
 
@@ -309,9 +314,13 @@ def import_published(path: str | Path, layout: str, env: str = "clevr", *,
             f = np.asarray(flags[i]).reshape(-1)
             extras["published_success"] = bool(f[:n].any() if f.size > 1 else f[0])
         goal = _goal(definition, record, where, vectors is not None, i)
+        if definition.published_episode is not None:
+            observations, term, converted = definition.published_episode(
+                observations, term, extras.get("published_success"))
         episodes.append(Episode(observations.astype(np.float32), a, rewards[i, :n], term,
                                 texts[0], goal, extras=extras))
-    attrs = {"imported_from": path.name, "import_layout": layout}
+    attrs = {"imported_from": path.name, "import_layout": layout,
+             **(converted if definition.published_episode is not None and episodes else {})}
     if level:
         attrs["level"] = level
     data = EpisodeData.from_episodes(episodes, spec, source=source, attrs=attrs)

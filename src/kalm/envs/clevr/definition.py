@@ -11,7 +11,15 @@ import numpy as np
 
 from kalm.envs import CLEVR_ID
 from kalm.envs.base import EnvDefinition, EnvSpecInfo, RandomAgent
-from kalm.envs.clevr.constants import NUM_ACTIONS, NUM_BALLS, OBS_DIM, TABLE_HIGH, TABLE_LOW
+from kalm.envs.clevr.constants import (
+    INIT_HIGH,
+    INIT_LOW,
+    NUM_ACTIONS,
+    NUM_BALLS,
+    OBS_DIM,
+    TABLE_HIGH,
+    TABLE_LOW,
+)
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success, max_steps, validate_goal
 from kalm.envs.clevr.published import published_goal
@@ -73,8 +81,12 @@ CLEVR = EnvDefinition(
     name="clevr",
     spec=EnvSpecInfo(env="clevr", obs_dim=OBS_DIM, action_type="discrete",
                      action_dim=NUM_ACTIONS),
+    # after a step ball centres lie on the reachable table; at reset they are sampled from the
+    # original's larger box (x ~ U(-0.5, 0.5), y ~ U(-0.3, 0.5)), partly inside the walls
     state_low=tuple(float(v) for _ in range(NUM_BALLS) for v in TABLE_LOW),
     state_high=tuple(float(v) for _ in range(NUM_BALLS) for v in TABLE_HIGH),
+    reset_low=tuple(float(v) for _ in range(NUM_BALLS) for v in INIT_LOW),
+    reset_high=tuple(float(v) for _ in range(NUM_BALLS) for v in INIT_HIGH),
     make=CLEVRRobotEnv,
     validate_goal=validate_goal,
     is_success=is_success,

@@ -8,10 +8,14 @@ the name is read.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from kalm.envs.metaworld.constants import HAND, TCP_OFFSET
 from kalm.envs.metaworld.tasks import TASKS
 
 _SUFFIX = re.compile(r"(-v\d+)?(-goal-(observable|hidden))?$")
@@ -41,3 +45,20 @@ def published_goal(record: Mapping[str, Any]) -> dict[str, Any] | None:
     if name is None or str(name) == "":
         return None
     return goal_from_task_name(str(name))
+
+
+def published_episode(observations: np.ndarray, terminals: np.ndarray, success: bool | None
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """The `published_episode` hook of Meta-World: KALM's states in kalm's layout. s[0:3] is
+    KALM's hand body, kalm's the tcp (metaworld's `tcp_center`), measured at tcp - hand =
+    `TCP_OFFSET` (within 6 mm: the fingers move it, and no state records by how much); an
+    episode the file marks successful ends at a terminal (KALM's wrapper ended it at the
+    success, its files store a timeout). The rewards stay KALM's, and the attrs say so."""
+    observations = np.asarray(observations, np.float32).copy()
+    observations[:, HAND] += TCP_OFFSET.astype(np.float32)
+    terminals = np.asarray(terminals).copy()
+    if success and len(terminals):
+        terminals[-1] = True
+    return observations, terminals, {
+        "hand_to_tcp": json.dumps([float(v) for v in TCP_OFFSET]),
+        "rewards": "KALM's (shaped on its dense v2 reward), not kalm's episode_rewards"}
