@@ -162,7 +162,9 @@ def test_paper_settings_per_family():
     assert (enc.hidden_units, enc.activation) == ([256, 256], "relu")
     # the same names on discrete data are the discrete algorithms, as before
     assert isinstance(conf("bc", "discrete"), d3rlpy.algos.DiscreteBCConfig)
-    assert isinstance(conf("cql", "discrete"), d3rlpy.algos.DiscreteCQLConfig)
+    discrete_cql = create_algo(AlgoConfig(algo="cql"), "discrete", steps=8000).config
+    assert isinstance(discrete_cql, d3rlpy.algos.DiscreteCQLConfig)
+    assert discrete_cql.target_update_interval == 200  # the run's steps / 40
 
 
 def test_identity_of_discrete_configs_is_unchanged():
