@@ -76,3 +76,35 @@ def test_a_stale_kalm_evaluation_is_shown_as_measured(tmp_path):
                         "episodes_per_level_and_seed": {"hard": 300}}}
     table = success_table(summaries, {"bc": untrained_reasons(root, cfg, "bc")})
     assert "| hard | 300 | 3.1 ± 0.0 | 5.0 ± 0.0 |" in table
+
+
+def test_compute_table_sets_the_proposers_cpu_seconds_side_by_side(tmp_path):
+    from kalm.eval.report import compute_table, stage_table
+    from kalm.run_folder import RECORD, shoot_folder
+
+    root = tmp_path / "run"
+    cfg = _cfg(root)
+    cfg = dataclasses.replace(cfg, imagine=dataclasses.replace(cfg.imagine, levels={"easy": 10},
+                                                               proposals=8),
+                              rl=dataclasses.replace(cfg.rl, reference_rows=["shooting"]))
+    _label(root, "easy", 20, 200)
+    stats = json.loads((label_folder(root, "easy") / STATS_FILE).read_text())
+    stats["judged_successful"] = 20
+    (label_folder(root, "easy") / STATS_FILE).write_text(json.dumps(stats))
+    for stage, cpu in (("imagine-easy", 300.0), ("label-easy", 20.0)):
+        (root / stage).mkdir(exist_ok=True)
+        (root / stage / RECORD).write_text(json.dumps(
+            {"stage": stage, "hash": "0" * 16, "wall_s": cpu / 2, "cpu_s": cpu, "done": True}))
+    shoot_folder(root, "easy").mkdir()
+    (shoot_folder(root, "easy") / STATS_FILE).write_text(json.dumps(
+        {"kept": {"all": 200, "success": 40}, "judged_successful": 40, "generated": 200,
+         "tasks": 200, "cpu_seconds": 80.0, "candidates_tried": 51200}))
+    table = compute_table(root, cfg)
+    assert "| easy | the LLM, best-of-8 (imagine + label) | 200 | - | 320 | 20 | 16.00 |" in table
+    assert "| easy | no LLM (shooting) | 200 | 51200 | 80 | 40 | 2.00 |" in table
+    stages = stage_table(root, ["imagine-easy", "label-easy", "train-bc-seed0"])
+    assert "| imagine-easy | done | 2.5 | 5.0 |" in stages
+    assert "| train-bc-seed0 | not run |" in stages and "**5.3**" in stages
+    # no shooting row: no compute table
+    assert compute_table(root, dataclasses.replace(
+        cfg, rl=dataclasses.replace(cfg.rl, reference_rows=[]))) is None

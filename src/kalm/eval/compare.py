@@ -59,6 +59,8 @@ class CompareConfig:
     # each RL seed's policies on scenes of their own (seeded by eval_seed, split and RL seed),
     # so the spread over seeds includes scene variance, not only training variance
     scenes_per_seed: bool = False
+    # discrete CQL/BCQ/SAC target sync interval; None: the run's steps / algos.TARGET_SYNCS
+    target_update_interval: int | None = None
     imagined_ratio: float = 0.5  # share of each KALM batch drawn from imagined data
     level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
     env: str = "clevr"  # kalm.envs.registry name of the env the policies are evaluated in
@@ -119,7 +121,9 @@ def policy_train_config(cfg: CompareConfig, seed: int, level: str | None, folder
                         ) -> TrainConfig:
     imagined = [cfg.imagined[level]] if level else []
     return TrainConfig(real=cfg.real, out=str(folder), imagined=imagined,
-                       algo=AlgoConfig(algo=cfg.algo), steps=cfg.steps, seed=seed,
+                       algo=AlgoConfig(algo=cfg.algo,
+                                       target_update_interval=cfg.target_update_interval),
+                       steps=cfg.steps, seed=seed,
                        imagined_ratio=cfg.ratio_for(level) if level else cfg.imagined_ratio,
                        save_every=max(1, cfg.steps // 10))
 

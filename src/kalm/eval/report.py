@@ -34,12 +34,16 @@ from kalm.run_folder import (
     RECORD,
     REPORT,
     SHOOTING,
+    SHOOTING_MATCHED,
     VERIFIED,
     compare_config,
+    dev_split,
     evaluate_stage,
+    first_proposals_data,
     imagine_stage,
     imagined_data,
     kalm_data,
+    label_stage,
     label_stats,
     load_run,
     reference_policy_stage,
@@ -64,36 +68,42 @@ def _records(root: Path) -> list[dict[str, Any]]:
 
 def stage_table(root: Path, order: list[str]) -> str:
     recs = {r["stage"]: r for r in _records(root)}
-    lines = ["| stage | status | wall time (min) | attempts | hash |", "|---|---|---|---|---|"]
-    total = 0.0
+    lines = ["| stage | status | wall time (min) | CPU time (min) | attempts | hash |",
+             "|---|---|---|---|---|---|"]
+    total = cpu = 0.0
     for name in order:
         r = recs.get(name)
         if r is None:
-            lines.append(f"| {name} | not run | - | - | - |")
+            lines.append(f"| {name} | not run | - | - | - | - |")
             continue
         total += float(r["wall_s"])
+        cpu += float(r.get("cpu_s", 0.0))
         status = "done" if r.get("done") else "running / interrupted"
-        lines.append(f"| {name} | {status} | {r['wall_s'] / 60:.1f} | {r.get('attempts', 1)} | "
-                     f"`{r['hash'][:8]}` |")
-    lines.append(f"| **total** | | **{total / 60:.1f}** | | |")
+        cpu_cell = f"{r['cpu_s'] / 60:.1f}" if "cpu_s" in r else "-"
+        lines.append(f"| {name} | {status} | {r['wall_s'] / 60:.1f} | {cpu_cell} | "
+                     f"{r.get('attempts', 1)} | `{r['hash'][:8]}` |")
+    lines.append(f"| **total** | | **{total / 60:.1f}** | **{cpu / 60:.1f}** | | |")
     return "\n".join(lines)
 
 
 METHOD_NAMES = {"baseline": "real only", "kalm": "KALM", PAPER: "KALM, paper mode",
                 SHOOTING: "no LLM (shooting)",
+                SHOOTING_MATCHED: "no LLM (shooting at the LLM's CPU-seconds)",
                 VERIFIED: "simulator-verified LLM rollouts (diagnostic)"}
 
 
-def success_summaries(root: Path, cfg) -> dict[str, dict[str, Any]]:
+def success_summaries(root: Path, cfg, split: str | None = None
+                      ) -> dict[str, dict[str, Any]]:
     """Per algorithm: the compare-style summary over the seeds evaluated so far, with the
-    reference rows (rl.reference_rows) as further methods beside real only and KALM."""
+    reference rows (rl.reference_rows) as further methods beside real only and KALM; on the
+    headline split, or the `dev` evaluations with SPLIT="dev"."""
     out = {}
     for algo in cfg.rl.algos:
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
         for variant in variants(cfg):
-            cc = compare_config(cfg, algo, root, variant)
+            cc = compare_config(cfg, algo, root, variant, split)
             for seed in cfg.seeds:
-                folder = root / evaluate_stage(algo, seed, variant)
+                folder = root / evaluate_stage(algo, seed, variant, split)
                 res = per_seed.setdefault(seed, {})
                 for m in methods(cc):
                     res.setdefault(m, {})
@@ -256,7 +266,7 @@ def task_table(root: Path, cfg) -> str | None:
 
 
 def labelling_table(root: Path, levels: list[str], shooting: bool = False,
-                    verified: bool = False) -> str:
+                    verified: bool = False, shooting_matched: bool = False) -> str:
     """Per level: what was generated, what the labeller kept and judged successful, and (a
     diagnostic that uses the simulator) how many really reach the goal, and the labels'
     precision."""
@@ -266,6 +276,7 @@ def labelling_table(root: Path, levels: list[str], shooting: bool = False,
              "LLM self-judged precision (diagnostic) |", "|---|---|---|---|---|---|---|---|---|"]
     rows = [(lv, None) for lv in levels] + ([(lv, SHOOTING) for lv in levels] if shooting
                                             else []) + \
+        ([(lv, SHOOTING_MATCHED) for lv in levels] if shooting_matched else []) + \
         ([(lv, VERIFIED) for lv in levels] if verified else [])
     for lv, variant in rows:
         st = label_stats(root, lv, variant)
@@ -288,8 +299,10 @@ def labelling_table(root: Path, levels: list[str], shooting: bool = False,
         of_judged = count(d["replayed_successful_of_kept"], judged if d["replayed"] else 0)
         of_generated = count(d["replayed_successful"], d["replayed"])
         self_prec = (d["llm_self"] or {}).get("precision")
-        who = st["labeller"] + (", actions from random shooting (no LLM)"
-                                if variant == SHOOTING else "")
+        who = st["labeller"] + {
+            SHOOTING: ", actions from random shooting (no LLM)",
+            SHOOTING_MATCHED: ", random shooting at the LLM's CPU-seconds (no LLM)"}.get(
+                variant, "")
         lines.append(f"| {lv} | {who} | {st['generated']} | {st['kept']['all']} | "
                      f"{judged} | {of_generated} | {of_judged} | {pr(d['labeller'])} | "
                      f"{'-' if self_prec is None else f'{100 * self_prec:.1f}%'} |")
@@ -305,10 +318,9 @@ def imagined_use_table(root: Path, cfg) -> str:
         for variant in variants(cfg):
             for lv in cfg.imagine.levels:
                 if variant == PAPER:
-                    path = root / imagine_stage(lv) / "imagined.stats.json"
-                    n = (json.loads(path.read_text()).get("kept") if path.exists() else None)
-                    lines.append(f"| {algo.upper()} | paper mode | {lv} | LLM's own, every "
-                                 f"rollout | {'-' if n is None else n} | - | 0.50 |")
+                    n, what = _paper_rollouts(root, cfg, lv)
+                    lines.append(f"| {algo.upper()} | paper mode | {lv} | LLM's own, {what} | "
+                                 f"{'-' if n is None else n} | - | 0.50 |")
                     continue
                 keep = cfg.rl.keep_for(algo)
                 row = "KALM" if variant is None else METHOD_NAMES[variant]
@@ -324,6 +336,63 @@ def imagined_use_table(root: Path, cfg) -> str:
                 what = "judged successful" if keep == "success" else "every kept rollout"
                 lines.append(f"| {algo.upper()} | {row} | {lv} | {st['labeller']}, {what} | "
                              f"{used} | {st['transitions'][keep]} | {share} |")
+    return "\n".join(lines)
+
+
+def _paper_rollouts(root: Path, cfg, level: str) -> tuple[int | None, str]:
+    """(rollouts, which) the paper mode learns from at LEVEL: one greedy rollout per task of a
+    best-of-N file (counted in its file once the paper train stage wrote it), else all."""
+    if cfg.imagine.proposals > 1:
+        path = first_proposals_data(root, level)
+        n = None
+        if path.exists():
+            from kalm.data.episodes import read_episodes
+
+            n = len(read_episodes(path))
+        return n, "the greedy proposal of each task"
+    path = root / imagine_stage(level) / "imagined.stats.json"
+    n = json.loads(path.read_text()).get("kept") if path.exists() else None
+    return n, "every rollout"
+
+
+def _cpu_s(root: Path, stage: str) -> float | None:
+    path = root / stage / RECORD
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("cpu_s")
+
+
+def compute_table(root: Path, cfg) -> str | None:
+    """CPU-seconds per level of who proposed the rollouts: the LLM's imagine + label stages
+    against the shooting rows (their own shooting, the replay diagnostic not counted), and
+    CPU-seconds per kept rollout; None when the run has no shooting row."""
+    rows = [r for r in (SHOOTING, SHOOTING_MATCHED) if r in cfg.rl.reference_rows]
+    if not rows:
+        return None
+    lines = ["| level | proposer | tasks | candidates tried | CPU-s | kept (judged successful) | "
+             "CPU-s per kept rollout |", "|---|---|---|---|---|---|---|"]
+
+    def per_kept(cpu: float | None, kept: int) -> str:
+        return "-" if cpu is None or not kept else f"{cpu / kept:.2f}"
+
+    for lv in cfg.imagine.levels:
+        st = label_stats(root, lv)
+        parts = [_cpu_s(root, imagine_stage(lv)), _cpu_s(root, label_stage(lv))]
+        llm = None if None in parts else float(sum(parts))
+        if st is not None:
+            kept = int(st["judged_successful"])
+            n = st["kept"]["all"]
+            lines.append(f"| {lv} | the LLM, best-of-{cfg.imagine.proposals} (imagine + "
+                         f"label) | {n} | - | {'-' if llm is None else f'{llm:.0f}'} | {kept} | "
+                         f"{per_kept(llm, kept)} |")
+        for row in rows:
+            st = label_stats(root, lv, row)
+            if st is None or "cpu_seconds" not in st:
+                continue
+            kept = int(st["judged_successful"])
+            lines.append(f"| {lv} | {METHOD_NAMES[row]} | {st.get('tasks', st['generated'])} | "
+                         f"{st.get('candidates_tried', '-')} | {st['cpu_seconds']:.0f} | "
+                         f"{kept} | {per_kept(st['cpu_seconds'], kept)} |")
     return "\n".join(lines)
 
 
@@ -451,22 +520,40 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
           "## Stages", "", stage_table(root, [s for s in stages if s != REPORT]), ""]
 
     summaries = success_summaries(root, cfg)
+    split = cfg.evaluate.split
+    where = (f"the **{split}** half of each level's goals (`evaluate.split`)" if split and
+             not cfg.suite_file else "the whole suites")
+    scenes = ("each seed's policies on scenes of their own" if cfg.evaluate.scenes_per_seed
+              else f"every policy on the same scenes (evaluation seed {cfg.evaluate.seed})")
+    untrained = {a: untrained_reasons(root, cfg, a) for a in summaries}
     md += ["## Success rate (%) in the real simulator", ""]
     if summaries:
         steps = ", ".join(f"{a.upper()} {s['steps']}" for a, s in summaries.items())
         md += ["Mean ± std over seeds " + ", ".join(
             f"{a.upper()} {s['seeds']}" for a, s in summaries.items()) +
-            f"; training steps {steps}; evaluation seed {cfg.evaluate.seed}. *Real only* is "
+            f"; training steps {steps}; evaluated on {where}, {scenes}. *Real only* is "
             "the same algorithm on the real episodes only; *KALM* adds that level's imagined "
             f"rollouts as labelled by the `{cfg.label.labeller}` labeller, in the share of "
-            "every batch the table below gives; *paper mode* (when run) adds every rollout "
-            "with the LLM's own labels 1:1, as the paper does; \"no KALM policy\": that "
-            "level's labels kept too few rollouts (how many: in the cell and the next "
-            "table), so no KALM policy was trained or evaluated there and there is no KALM "
-            "result to compare, only the real-only one.", "",
-            success_table(summaries, {a: untrained_reasons(root, cfg, a) for a in summaries}),
-            "", "### Imagined data each KALM policy learned from", "",
-            imagined_use_table(root, cfg), ""]
+            "every batch the table below gives; *paper mode* (when run) adds the LLM's "
+            "rollouts with its own labels 1:1, one greedy rollout per task, as the paper does; "
+            "\"no KALM policy\": that level's labels kept too few rollouts (how many: in the "
+            "cell and the next table), so no KALM policy was trained or evaluated there and "
+            "there is no KALM result to compare, only the real-only one.", "",
+            success_table(summaries, untrained), ""]
+        dev = success_summaries(root, cfg, "dev") if dev_split(cfg) else {}
+        if dev:
+            md += ["### The dev half (where defaults are chosen)", "",
+                   "The same policies on the other half of each level's goals, on scenes of "
+                   "their own; a default of kalm's is chosen on these numbers, never on the "
+                   "table above.", "", success_table(dev, untrained), ""]
+        md += ["### Imagined data each KALM policy learned from", "",
+               imagined_use_table(root, cfg), ""]
+        compute = compute_table(root, cfg)
+        if compute:
+            md += ["### Compute of the proposers", "",
+                   "CPU-seconds (all threads of the process) of the LLM's imagination and "
+                   "labelling of a level against the shooting rows', and per rollout judged "
+                   "successful.", "", compute, ""]
         llm = llm_policy_table(root, list(cfg.evaluate.levels))
         if LLM_POLICY in cfg.rl.reference_rows or llm:
             md += ["### The grounded LLM as the policy (the paper's Fig. 5)", "",
@@ -502,7 +589,8 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
            "of the labels' precision, never used to label or filter).", "",
            labelling_table(root, list(cfg.imagine.levels),
                            shooting=SHOOTING in cfg.rl.reference_rows,
-                           verified=VERIFIED in cfg.rl.reference_rows), ""]
+                           verified=VERIFIED in cfg.rl.reference_rows,
+                           shooting_matched=SHOOTING_MATCHED in cfg.rl.reference_rows), ""]
     if definition is not None and definition.draw_state is not None:
         md += ["### Imagined (left) vs the same actions in the real simulator (right; "
                "diagnostic)", ""]
