@@ -14,6 +14,7 @@ the H200.
 
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
@@ -22,7 +23,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from kalm.data.episodes import EnvSpecInfo, Episode, EpisodeData, write_episodes
+from kalm.data.episodes import (
+    EnvSpecInfo,
+    Episode,
+    EpisodeData,
+    read_episodes,
+    write_episodes,
+)
 from kalm.llm.backbone import tiny_backbone
 from kalm.llm.model import ModelConfig
 from kalm.llm.saving import AdapterConfig, build_rollout_model
@@ -137,12 +144,13 @@ def _episodes(n: int = 10, seed: int = 0) -> EpisodeData:
     return EpisodeData.from_episodes(out, EnvSpecInfo("clevr", 10, "discrete", 40))
 
 
-def _sim_model(tokenizer):
+def _sim_model(tokenizer, device: torch.device | None = SIM):
+    """A seeded tiny rollout model on `device` (None: left on the host)."""
     torch.manual_seed(0)
     model = build_rollout_model(tiny_backbone(tokenizer=tokenizer), clevr_spec(), ModelConfig(),
                                 AdapterConfig(mode="lora", lora_r=4))
     model.set_normalizer(torch.zeros(10), torch.full((10,), 0.3))
-    return model.to(SIM).eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 def test_the_simulated_device_catches_a_forgotten_move(tokenizer, sim):
@@ -172,13 +180,35 @@ def test_ground_with_validation_and_metrics_stays_on_the_device(tmp_path, tokeni
                        device="cpu", adapter=AdapterConfig(lora_r=4))
     result = ground(cfg, backbone=tiny_backbone(tokenizer=tokenizer), progress=False)
     assert result["steps"] == 3 and "explanation" in result
-    assert result["rollout_teacher_forced"]["mse_normalised"] >= 0
+    assert result["device"] == str(SIM)  # trained on the (simulated) accelerator
     assert sim.sim_ops > 0
+    # the validation losses ran at every step (eval_every=1), on the device
+    log = [json.loads(x) for x in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in log if r["split"] == "val") == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "g" / "checkpoints").glob("step-*.pt")) == [
+        "step-0000002.pt", "step-0000003.pt"]  # save_every=2 and the last step
+    # the same metrics, recomputed on the host from the saved model, agree with the device's:
+    # the device path changes where tensors live, not what is computed
+    from kalm.llm.metrics import grounding_metrics
+    from kalm.llm.saving import load_rollout_model
+    from kalm.llm.train import Grounder
+
+    g = Grounder(cfg, backbone=tiny_backbone(tokenizer=tokenizer))
+    assert result["val_episodes"] == min(3, len(g.val_data)) > 0
+    host, _ = load_rollout_model(tmp_path / "g", backbone=tiny_backbone(tokenizer=tokenizer))
+    assert not on_sim(host.state_mean)
+    again = grounding_metrics(host, g.builder, g.val_data, g.paraphrases, max_episodes=3,
+                              explain_episodes=2)
+    for part in ("rollout_teacher_forced", "dynamics", "consequence"):
+        assert set(again[part]) == set(result[part]), part
+        for key, value in result[part].items():
+            assert again[part][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (part, key)
+    tf = result["rollout_teacher_forced"]
+    assert 0.0 <= tf["action_accuracy"] <= 1.0 and tf["mse_normalised"] > 0
+    assert again["explanation"]["accuracy"] == result["explanation"]["accuracy"]
 
 
 def test_imagine_and_llm_policy_stay_on_the_device(tmp_path, tokenizer, sim):
-    import json
-
     from kalm.data.rollout import run_episode
     from kalm.envs.clevr.env import CLEVRRobotEnv
     from kalm.eval.llm_policy import LLMPolicy
@@ -188,14 +218,39 @@ def test_imagine_and_llm_policy_stay_on_the_device(tmp_path, tokenizer, sim):
     suite = tmp_path / "s.jsonl"
     suite.write_text(json.dumps({"instruction": "Red left of blue.", "level": "rephrase",
                                  "goal": GOAL}) + "\n")
-    stats = imagine(ImagineConfig(out=str(tmp_path / "im.h5"), suite_file=str(suite),
-                                  per_goal=3, max_steps=3, temperature=1.0, batch_size=2),
-                  model=model, progress=False)
+    def run_imagine(name, m):
+        return imagine(ImagineConfig(out=str(tmp_path / name), suite_file=str(suite),
+                                     per_goal=3, max_steps=3, temperature=1.0, batch_size=2),
+                       model=m, progress=False)
+
+    stats = run_imagine("im.h5", model)
     assert stats["generated"] == 3
+    ops = sim.sim_ops
+    assert ops > 0
+    imagined = read_episodes(tmp_path / "im.h5")
+    assert len(imagined) == 3 and imagined.lengths.max() <= 3
+    for i in range(3):
+        ep = imagined.episode(i)
+        assert ep.observations.shape == (ep.length + 1, 10)
+        assert np.isfinite(ep.observations).all() and ep.goal == GOAL
+        assert ((ep.actions >= 0) & (ep.actions < 40)).all()
+    # the same seeded sampling with the same weights on the host: the same rollouts
+    host = _sim_model(tokenizer, device=None)
+    assert not on_sim(host.state_mean)
+    run_imagine("host.h5", host)
+    assert sim.sim_ops == ops  # nothing of the host run touched the device
+    plain = read_episodes(tmp_path / "host.h5")
+    assert np.array_equal(plain.lengths, imagined.lengths)
+    for i in range(3):
+        a, b = plain.episode(i), imagined.episode(i)
+        assert np.array_equal(a.actions, b.actions)
+        np.testing.assert_allclose(a.observations, b.observations, rtol=1e-5, atol=1e-6)
+
     policy = LLMPolicy("unused", model=model)
     ep = run_episode(CLEVRRobotEnv(), policy, GOAL, "Put red left of blue.", seed=1)
-    assert ep.length >= 1
-    assert sim.sim_ops > 0
+    assert 1 <= ep.length == len(ep.actions) == len(ep.observations) - 1
+    assert ((ep.actions >= 0) & (ep.actions < 40)).all()
+    assert sim.sim_ops > ops
 
 
 def test_device_resolution():
@@ -209,3 +264,50 @@ def test_device_resolution():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
     assert model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device(torch.device("cpu", 0)) == torch.device("cpu", 0)
+
+
+def test_model_device_and_to_device_follow_the_weights(sim):
+    from kalm.llm.device import model_device, to_device
+
+    layer = torch.nn.Linear(3, 2).to(SIM)
+    assert model_device(layer) == SIM
+    batch = {"x": torch.ones(4, 3), "ids": torch.arange(4)}
+    moved = to_device(batch, model_device(layer))
+    assert set(moved) == {"x", "ids"} and all(on_sim(v) for v in moved.values())
+    assert not any(on_sim(v) for v in batch.values())  # the host batch is left as it was
+    assert torch.equal(moved["ids"].cpu(), torch.arange(4))
+    assert layer(moved["x"]).shape == (4, 2)
+    with pytest.raises(DeviceMismatch):
+        layer(batch["x"])
+
+
+def test_bf16_choice_forced_or_measured(monkeypatch):
+    from kalm.llm import device as dev
+
+    cpu = torch.device("cpu")
+    assert dev.resolve_bf16(True, cpu) == (True, {"device": "cpu", "use_bf16": True,
+                                                  "reason": "forced"})
+    assert dev.resolve_bf16(False, cpu)[0] is False
+    for bad in ("yes", "true", 1, None):
+        with pytest.raises(ValueError, match="true, false or auto"):
+            dev.resolve_bf16(bad, cpu)
+    # `auto` on a CPU measures: bf16 only when it beats fp32 by more than BF16_MIN_SPEEDUP
+    measured: list[bool] = []
+    speeds = {False: 100.0, True: 105.0}  # 1.05x: noise, not a speed-up
+
+    def fake_gflops(device, bf16, size=dev.PROBE_SIZE, reps=2):
+        measured.append(bf16)
+        return speeds[bf16]
+
+    monkeypatch.setattr(dev, "matmul_gflops", fake_gflops)
+    monkeypatch.setattr(dev, "_PROBE_CACHE", {})
+    use, info = dev.resolve_bf16("auto", cpu)
+    assert use is False and info["fp32_gflops"] == 100.0 and info["bf16_gflops"] == 105.0
+    assert "is not" in info["reason"] and sorted(measured) == [False, True]
+    speeds[True] = 150.0  # the probe ran once per process: the cached answer stands
+    assert dev.resolve_bf16("auto", cpu) == (False, info) and len(measured) == 2
+    monkeypatch.setattr(dev, "_PROBE_CACHE", {})
+    use, info = dev.resolve_bf16("auto", cpu)
+    assert use is True and info["use_bf16"] is True and len(measured) == 4

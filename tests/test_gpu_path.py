@@ -3,6 +3,7 @@ the device's grounding entry running without the simulator and writing only smal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -105,11 +106,50 @@ def test_device_entry_grounds_without_the_simulator_and_returns_small_files(tmp_
     assert list((work / "checkpoints").glob("step-*.pt"))  # checkpoints stay on the machine
     metrics = json.loads((out / "grounding_metrics.json").read_text())
     assert metrics["steps"] == 2 and "skipped" in metrics["explanation"]
+    assert metrics["dtype"] == "float32" and metrics["device"] == "cpu"
+    from safetensors.torch import load_file
+
+    from kalm.data.episodes import read_episodes
+    from kalm.llm.batching import Paraphrases
     from kalm.llm.saving import load_rollout_model
+    from kalm.llm.train import ground, split_episodes, state_statistics
 
     model, meta = load_rollout_model(out, backbone=tiny_backbone(tokenizer=backbone.tokenizer))
-    assert meta["train"]["steps_done"] == 2 and meta["spec"]["state_low"] is not None
-    assert torch.isfinite(model.state_mean).all()
+    assert meta["train"]["steps_done"] == 2
+    # the spec the device was handed (no env there), not one it made up
+    assert meta["spec"] == json.loads((inputs / "spec.json").read_text())
+    # the normaliser is the training split's statistics of the episodes sent
+    data = read_episodes(inputs / "real.h5")
+    train_idx, val_idx = split_episodes(len(data), cfg.val_fraction, cfg.seed)
+    mean, std = state_statistics(data.subset(train_idx))
+    np.testing.assert_allclose(model.state_mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(model.state_std.numpy(), std, rtol=1e-6)
+    assert meta["train"]["episodes"] == len(train_idx)
+    assert metrics["val_episodes"] == min(cfg.metrics_episodes, len(val_idx)) > 0
+    # the returned weights are the last checkpoint's, which stays on the machine
+    returned = load_file(str(out / "weights.safetensors"))
+    last = torch.load(work / "checkpoints" / "step-0000002.pt", weights_only=False)
+    assert last["step"] == 2 and set(returned) == set(last["model"])
+    for name, value in returned.items():
+        assert torch.equal(value, last["model"][name]), name
+    # the small files describe this run: its config and a train record per step
+    sent = json.loads((out / "ground_config.json").read_text())
+    assert sent["data"] == str(inputs / "real.h5") and sent["steps"] == 2
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["split"] == "train"] == [1, 2]
+    # the plain in-process path on the same inputs trains the same adapter and measures the
+    # same teacher-forced metrics (threads may reorder float sums: close, not bitwise)
+    cfg_plain = dataclasses.replace(cfg, data=str(inputs / "real.h5"),
+                                    out=str(tmp_path / "plain"))
+    plain = ground(cfg_plain, spec=clevr_spec(), paraphrases=Paraphrases({}), progress=False)
+    mine = load_file(str(tmp_path / "plain" / "weights.safetensors"))
+    assert set(mine) == set(returned)
+    for name, value in returned.items():
+        torch.testing.assert_close(mine[name], value, rtol=1e-3, atol=1e-4, msg=name)
+    for part in ("rollout_teacher_forced", "dynamics", "consequence"):
+        assert set(plain[part]) == set(metrics[part]), part
+        for key, value in metrics[part].items():
+            assert plain[part][key] == pytest.approx(value, rel=1e-3, abs=1e-5), (part, key)
 
 
 @pytest.mark.parametrize("name", ["clevr-gpu", "clevr-quick", "clevr-paper"])

@@ -245,3 +245,76 @@ def test_collect_and_evaluate(tmp_path):
     out = CliRunner().invoke(main, ["render", cfg.out, "--out", str(tmp_path / "ep.gif")])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "ep.gif").stat().st_size > 0
+
+
+def test_locked_door_open_simulator_judge_agrees_with_the_state_judge():
+    """composite.py's judge (the door closed read from the hinge joint) and goals.py's (read
+    from the lock block's quaternion) give the same stage 1 and success at every step of
+    scripted locked-door-open episodes, and on hand-made states where the lock turns to its
+    unlock target with the door ajar: stage 1 must not count then, in either judge."""
+    from kalm.envs.metaworld.goals import (
+        DOOR_CLOSED_ANGLE,
+        StageTracker,
+        door_angle,
+        door_unlocked,
+        episode_successes,
+        stage_holds,
+    )
+    from kalm.envs.metaworld.sim import fresh_native_obs, state_of
+
+    goal = goal_for("locked-door-open")
+    e = MetaWorldKALMEnv(max_episode_steps=200)
+    sub = e.sub_env("locked-door-open")
+    for noise, seed in ((0.0, 1001), (0.1, 1002)):
+        agent = MW.policy(f"expert:noise={noise}")
+        agent.rng = np.random.default_rng(seed)
+        s, _ = e.reset(seed=seed, options={"goal": goal})
+        agent.begin(e, e.goal, "")
+        tracker = StageTracker(goal, s.astype(np.float64))
+        states, sim, ours, stage1 = [s], [], [], []
+        while True:
+            s, _, term, trunc, info = e.step(agent.act(s))
+            states.append(s)
+            sim.append(info["sim_success"])
+            ours.append(info["is_success"])
+            assert tracker.update(s.astype(np.float64)) == info["is_success"]
+            assert sub._stage1 == tracker.stage1, (seed, len(states) - 1)
+            assert sub.door_angle() == pytest.approx(door_angle(s), abs=2e-3)
+            stage1.append(tracker.stage1)
+            if term or trunc:
+                break
+        assert sim == ours and any(stage1), seed
+        assert episode_successes(goal, np.array(states)).tolist() == sim
+    assert sim[-1]  # the noiseless and the noisy episode: the last one succeeds, both judge so
+
+    # hand-made: the lock at its unlock target, unlocked, with the door 0.12 rad open
+    e.reset(seed=1001, options={"goal": goal})
+    door = sub.model.joint("doorjoint").qposadr[0]
+    lock = sub.model.joint("lockjoint").qposadr[0]
+
+    def put(door_q: float, lock_q: float) -> tuple[np.ndarray, bool, bool]:
+        qpos, qvel = sub.data.qpos.copy(), np.zeros_like(sub.data.qvel)
+        qpos[door], qpos[lock] = door_q, lock_q
+        sub.set_state(qpos, qvel)
+        obs = fresh_native_obs(sub)
+        _, info = sub.evaluate_state(obs, np.zeros(4))
+        return state_of("locked-door-open", sub, obs), bool(info["stage1"]), bool(
+            info["success"])
+
+    s0 = e.state()
+    ajar, sim_stage1, sim_ok = put(-0.12, 0.0)
+    a = ajar.astype(np.float64)
+    # what the old simulator judge counted: the lock at the unlock target and turned
+    assert abs(sub._unlock_target[0] - a[21]) <= 0.02 and door_unlocked(a)
+    assert abs(door_angle(a)) > DOOR_CLOSED_ANGLE
+    assert not sim_stage1 and not stage_holds("locked-door-open", 0, a) and not sim_ok
+    wide, sim_stage1, sim_ok = put(-1.4, 0.0)  # swung open: stage 2 holds, stage 1 never did
+    assert stage_holds("locked-door-open", 1, wide.astype(np.float64))
+    assert not sim_stage1 and not sim_ok
+    closed, sim_stage1, sim_ok = put(0.0, 0.0)  # closed and unlocked: stage 1 now counts
+    assert sim_stage1 and stage_holds("locked-door-open", 0, closed.astype(np.float64))
+    assert not sim_ok
+    reopened, sim_stage1, sim_ok = put(-1.4, 0.0)
+    assert sim_stage1 and sim_ok
+    ok = episode_successes(goal, np.array([s0, ajar, wide, closed, reopened]))
+    assert ok.tolist() == [False, False, False, True]

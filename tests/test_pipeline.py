@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from kalm.config import ConfigError
+from kalm.io import file_sha256
 from kalm.pipeline import RunConfig, Runner, Stage, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,10 @@ def test_runner_skips_finished_stages_and_chains_hashes(tmp_path):
     assert calls == ["a", "b"]
     rec = json.loads((tmp_path / "b" / "stage.json").read_text())
     assert rec["done"] and rec["inputs"] == {"a": r.hashes["a"]} and rec["wall_s"] >= 0
-    assert set(rec["outputs"]) == {"out.txt"}
+    assert rec["cpu_s"] >= 0 and rec["hash"] == r.hashes["b"] == r.stage_hash(
+        _stage("b", {"y": 1}, ["a"], []))
+    assert rec["outputs"] == {"out.txt": file_sha256(tmp_path / "b" / "out.txt")}
+    assert rec["attempts"] == 1 and rec["stage"] == "b" and rec["config"] == {"y": 1}
 
     r2 = Runner(tmp_path, log.append)
     r2.run(_stage("a", {"x": 1}, [], calls))
@@ -229,6 +233,60 @@ def _record(out: Path, stage: str) -> dict:
     return json.loads((out / stage / "stage.json").read_text())
 
 
+def _check_records(out: Path) -> dict[str, dict]:
+    """Every current stage record of a finished run: done, with wall and CPU seconds, a
+    SHA-256 hash, outputs whose recorded hashes are the files' own, and inputs that are the
+    hashes of the upstream stages' records. Returns the records by stage name."""
+    records = {p.name: _record(out, p.name) for p in out.iterdir()
+               if (p / "stage.json").exists() and ".superseded-" not in p.name}
+    assert records
+    for name, rec in records.items():
+        assert rec["stage"] == name and rec["done"], name
+        assert rec["wall_s"] >= 0 and rec["cpu_s"] >= 0 and rec["attempts"] >= 1, name
+        assert len(rec["hash"]) == 64 and int(rec["hash"], 16) >= 0, name
+        assert rec["outputs"], name
+        for rel, sha in rec["outputs"].items():
+            assert file_sha256(out / name / rel) == sha, (name, rel)
+        for upstream, sha in rec["inputs"].items():
+            assert records[upstream]["hash"] == sha, (name, upstream)
+    return records
+
+
+def _check_data_stages(out: Path, records: dict[str, dict]) -> None:
+    """The imagine and label stages' stats agree with the episode files they describe."""
+    from kalm.data.episodes import read_episodes
+
+    for name in records:
+        if name.startswith("imagine-"):
+            stats = json.loads((out / name / "imagined.stats.json").read_text())
+            imagined = read_episodes(out / name / "imagined.h5")
+            assert len(imagined) == stats["kept"] == stats["generated"] > 0, name
+            assert sum(v["rollouts"] for v in stats["levels"].values()) == stats["generated"]
+            assert sum(v["transitions"] for v in stats["levels"].values()) == int(
+                imagined.lengths.sum()), name
+        if name.startswith("label-"):
+            stats = json.loads((out / name / "label_stats.json").read_text())
+            labelled = read_episodes(out / name / stats["files"]["all"])
+            source = read_episodes(out / name.replace("label-", "imagine-", 1) / "imagined.h5")
+            assert len(labelled) == stats["kept"]["all"] == stats["generated"] == len(source)
+            assert stats["transitions"]["all"] == int(labelled.lengths.sum()), name
+            assert int(labelled.terminals.sum()) == stats["judged_successful"], name
+            if stats["files"]["success"] is not None:
+                success = read_episodes(out / name / stats["files"]["success"])
+                assert len(success) == stats["kept"]["success"] == stats["judged_successful"]
+                assert stats["transitions"]["success"] == int(success.lengths.sum()), name
+            else:
+                assert stats["kept"]["success"] == stats["judged_successful"] == 0, name
+
+
+def _check_eval(path: Path, episodes: int) -> dict:
+    ev = json.loads(path.read_text())
+    assert ev["episodes"] == episodes, path
+    assert 0 <= ev["successes"] <= episodes, path
+    assert ev["success_rate"] == pytest.approx(ev["successes"] / episodes), path
+    return ev
+
+
 @pytest.mark.timeout(600)
 def test_run_is_killed_mid_grounding_and_resumes(tmp_path, tiny_backbone_dir):
     config = _tiny_config(tmp_path / "tiny.yaml", tiny_backbone_dir, ground_steps=60)
@@ -264,18 +322,35 @@ def test_run_is_killed_mid_grounding_and_resumes(tmp_path, tiny_backbone_dir):
     assert _record(out, "collect")["attempts"] == 1
     meta = json.loads((out / "ground" / "kalm_model.json").read_text())
     assert meta["train"]["steps_done"] == 60
+    # the resumed log reads as an uninterrupted run's: every step once, in order
+    log = [json.loads(x) for x in (out / "ground" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["split"] == "train"] == list(range(1, 61))
+    assert [r["step"] for r in log if r["split"] == "val"] == [20, 40, 60]
+    assert metrics["steps"] == metrics["steps_planned"] == 60
+    assert metrics["val_episodes"] == 3  # 10% of the 30 collected episodes, under the cap of 4
+    records = _check_records(out)
+    from kalm.data.episodes import read_episodes
+
+    real = read_episodes(out / "collect" / "real.h5")
+    assert len(real) == 30 and real.spec.obs_dim == 10 and real.spec.action_dim == 40
+    assert meta["train"]["episodes"] + meta["train"]["val_episodes"] == 30
+    _check_data_stages(out, records)
+    for row, level in (("baseline-seed0", "easy"), ("baseline-seed0", "rephrase"),
+                       ("kalm-easy-seed0", "easy"), ("kalm-rephrase-seed0", "rephrase")):
+        _check_eval(out / "evaluate-bc-seed0" / row / f"eval-{level}.json", 3)
     report = (out / "report" / "report.md").read_text()
     assert "| easy |" in report and "BC KALM" in report
     assert (out / "report" / "report.html").read_text().count("data:image/") >= 3
     assert list((out / "report").glob("easy-0.gif"))
 
-    # third run: everything up to date
+    # third run: everything up to date, every record as it was
     text = subprocess.run(
         [sys.executable, "-m", "kalm.cli", "run", "--config", str(config), "--out", str(out)],
         capture_output=True, text=True, check=True).stdout
     assert "running" not in text and "resuming" not in text
     assert text.count("up to date") == len([p for p in out.iterdir()
                                             if (p / "stage.json").exists()])
+    assert _check_records(out) == records
 
     # changing the RL steps reruns training, evaluation and the report only
     raw = yaml.safe_load(config.read_text())
@@ -288,6 +363,13 @@ def test_run_is_killed_mid_grounding_and_resumes(tmp_path, tiny_backbone_dir):
         assert f"{stage}: up to date" in text
     for stage in ("train-bc-seed0", "evaluate-bc-seed0", "report"):
         assert f"{stage}: config or inputs changed" in text
+    after = _check_records(out)
+    for stage in ("collect", "ground", "imagine-easy", "imagine-rephrase"):
+        assert after[stage] == records[stage], stage
+    assert after["train-bc-seed0"]["config"]["steps"] == 20
+    assert after["train-bc-seed0"]["hash"] != records["train-bc-seed0"]["hash"]
+    old = [p for p in out.iterdir() if p.name.startswith("train-bc-seed0.superseded-")]
+    assert len(old) == 1 and _record(out, old[0].name) == records["train-bc-seed0"]
 
 
 @pytest.mark.slow
@@ -399,6 +481,14 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     assert "scripted expert (ceiling)" in report and "Success per task" not in report
     label = json.loads((out / "label-unseen" / "label_stats.json").read_text())
     assert label["labeller"] == "ensemble" and label["generated"] == len(imagined)
+    records = _check_records(out)
+    assert len(real) == 60 and len(imagined) == 4 * 4
+    _check_data_stages(out, records)
+    assert verified["generated"] == len(read_episodes(out / "verify-unseen" / "labelled.h5"))
+    evals = sorted(out.glob("evaluate-bc*-seed0/*/eval-unseen.json"))
+    assert len(evals) == 5  # baseline, KALM, paper, shooting, verified
+    for path in evals:
+        _check_eval(path, 4)
 
 
 def test_every_subcommand_is_documented():

@@ -45,6 +45,11 @@ def test_the_split_depends_on_the_goals_not_the_file_order():
     assert load_builtin_suite("hard", split="dev").goals == whole.split("dev").goals
 
 
+def test_the_train_level_is_never_split():
+    whole = load_builtin_suite("train", "metaworld")
+    assert load_builtin_suite("train", "metaworld", split="dev").goals == whole.goals
+
+
 def test_bad_splits_are_refused():
     whole = load_builtin_suite("easy")
     with pytest.raises(SuiteError, match="unknown split 'val'"):

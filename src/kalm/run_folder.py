@@ -233,14 +233,14 @@ class RLStage:
     algo_ratios: dict[str, float] = field(default_factory=dict)
     level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
     # a level whose kept rollouts cover fewer than this share of its tasks gets no KALM policy
-    # (its KALM row is the real-only one, and the report says why): one kept rollout of 164 at
-    # half of every batch took CQL on the hard level from 3.2% to 0.1% (docs/results.md 10);
+    # (it has no KALM policy; the report's cell says "no KALM policy" and why): one kept rollout of 164 at
+    # half of every batch took CQL on the hard level from 3.2% to 0.1% (docs/experiments/10-clevr-quick-best-of-8.md, 10.2);
     # 0 = off
     min_kept_share: float = 0.0
     # which labelled rollouts each algorithm learns from: `success` (those the labeller judged
     # successful) or `all`; default `success` for every algorithm: BC copies every action it
     # sees, and CQL on every rollout was measured worse than on the successes on every level
-    # (docs/results.md section 6)
+    # (docs/experiments/06-ensemble-labels-in-pipeline.md)
     keep: dict[str, str] = field(default_factory=dict)
     # reference rows beside KALM, each trained in stages of its own (adding one later runs only
     # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, every rollout,

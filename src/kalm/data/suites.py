@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 BUILTIN_LEVELS = ("train", "rephrase", "easy", "hard")  # CLEVR's; other envs name their own
 # halves of a suite by goal: defaults are chosen on `dev`, headlines reported on `test`
 SPLITS = ("dev", "test")
+# levels whose goals the real data shows: nothing about them is held out, so never split
+UNSPLIT_LEVELS = ("train",)
 _LINE_KEYS = {"instruction", "level", "goal", "init"}
 
 
@@ -202,8 +204,8 @@ def builtin_suite_path(level: str, env: EnvLike = "clevr") -> Path:
 def load_builtin_suite(level: str, env: EnvLike = "clevr", split: str | None = None
                        ) -> GoalSuite:
     """One built-in suite of `env`, or `all` for all of them together; with SPLIT, its `dev` or
-    `test` half by goal."""
-    if split is not None:
+    `test` half by goal (the train level whole: its goals are in the data)."""
+    if split is not None and level not in UNSPLIT_LEVELS:
         return load_builtin_suite(level, env).split(split)
     from kalm.envs.registry import resolve_env
 

@@ -7,8 +7,9 @@
   none), built programmatically with MjSpec (no XML copied). Slot 1 is the lock, slot 2 the
   handle; the target is the door-open target T, the unlock target T + (0.4, 0.292, 0.061).
 
-Success in `info["success"]` is the ordered two-stage judge on the simulator's observation. Only
-imported where metaworld is installed.
+Success in `info["success"]` is the ordered two-stage judge on the simulator's observation (and,
+for locked-door-open's stage 1, the door hinge joint), with the state judge's conditions
+(goals.stage_holds). Only imported where metaworld is installed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from gymnasium.spaces import Box
 from metaworld.envs.sawyer_coffee_push_v3 import SawyerCoffeePushEnvV3
 from metaworld.envs.sawyer_door_unlock_v3 import SawyerDoorUnlockEnvV3
 from scipy.spatial.transform import Rotation
+
+from kalm.envs.metaworld.goals import DOOR_CLOSED_ANGLE
 
 DOOR_OPEN_OFFSET = np.array([-0.3, -0.45, 0.0])  # door-open v3's target relative to the door
 
@@ -118,8 +121,14 @@ class LockedDoorOpenEnv(_Staged, SawyerDoorUnlockEnvV3):
         self._stage1 = False
         return self._get_obs()
 
+    def door_angle(self) -> float:
+        """The door hinge's angle (rad; 0 closed, negative opening), read from its joint."""
+        return float(self.data.qpos[self.model.joint("doorjoint").qposadr[0]])
+
     def _stage_checks(self, obs: np.ndarray) -> tuple[bool, bool]:
+        # stage 1, the spec's: the lock at its unlock target with the door closed (the state
+        # judge reads the angle from the lock block's quaternion, this one from the hinge)
         lock, handle = obs[4:7], obs[11:14]
-        unlocked = np.linalg.norm(lock - handle) <= 0.17
-        first = bool(abs(self._unlock_target[0] - lock[0]) <= 0.02 and unlocked)
+        closed = abs(self.door_angle()) <= DOOR_CLOSED_ANGLE
+        first = bool(abs(self._unlock_target[0] - lock[0]) <= 0.02 and closed)
         return first, bool(abs(handle[0] - self._target_pos[0]) <= 0.08)
