@@ -233,9 +233,9 @@ class RLStage:
     algo_ratios: dict[str, float] = field(default_factory=dict)
     level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
     # a level whose kept rollouts cover fewer than this share of its tasks gets no KALM policy
-    # (it has no KALM policy; the report's cell says "no KALM policy" and why): one kept rollout of 164 at
-    # half of every batch took CQL on the hard level from 3.2% to 0.1% (docs/experiments/10-clevr-quick-best-of-8.md, 10.2);
-    # 0 = off
+    # (the report's cell says "no KALM policy" and why): one kept rollout of 164 at half of
+    # every batch took CQL on the hard level from 3.2% to 0.1%
+    # (docs/experiments/10-clevr-quick-best-of-8.md, 10.2); 0 = off
     min_kept_share: float = 0.0
     # which labelled rollouts each algorithm learns from: `success` (those the labeller judged
     # successful) or `all`; default `success` for every algorithm: BC copies every action it

@@ -33,7 +33,7 @@ class AlgoConfig:
     # hard target-network syncs of discrete CQL, BCQ and SAC, every this many gradient steps;
     # None: the training run's steps / TARGET_SYNCS. d3rlpy's 8,000 (the paper's) is meant for
     # runs of 100k+ steps: at kalm's 8,000 CQL steps it synced once, after the first step, so
-    # every earlier CQL policy bootstrapped from a near-initial network (docs/results.md, "Current standing")
+    # every earlier CQL policy bootstrapped from a near-initial network (docs/results.md)
     target_update_interval: int | None = None
     td3bc_alpha: float = 2.5  # KALM's code and d3rlpy's default; the paper's Table 3 says 0.5
     cql_action_samples: int = 10  # continuous CQL: d3rlpy's default; 4 is ~2x faster
