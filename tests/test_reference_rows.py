@@ -94,3 +94,14 @@ def test_stage_records_carry_cpu_seconds_and_sum_for_the_matched_row(tmp_path):
     label = runner.run(Stage("label-easy", {}, ["imagine-easy"], work(0.1)))
     assert imagine["cpu_s"] >= 0.29 and 0.09 <= label["cpu_s"] < imagine["cpu_s"]
     assert llm_cpu_seconds(root, "easy") == pytest.approx(imagine["cpu_s"] + label["cpu_s"])
+
+
+def test_a_new_env_version_collects_again(tmp_path):
+    """CLEVR's physics changed (version 2): a run folder collected before must not be reused;
+    an env still at version 1 keeps its old stage hashes."""
+    from kalm.pipeline import collect_config
+
+    cfg = _quick(tmp_path, [])
+    assert collect_config(cfg)["env_version"] == 2
+    mw = load_run_config(ROOT / "configs" / "metaworld-quick.yaml", out=str(tmp_path / "m"))
+    assert "env_version" not in collect_config(mw)

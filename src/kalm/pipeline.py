@@ -203,7 +203,7 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
 # Fields added after run folders existed, hashed only when set to something else, so that
 # adding an option does not make every finished stage look changed.
 LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None,
-                                "head_lr_scale": 1.0, "min_votes": None}
+                                "head_lr_scale": 1.0, "min_votes": None, "env_version": 1}
 # the same for fields of the grounding's `model` section
 LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21}
 # Settings that change speed or placement, never results.
@@ -218,6 +218,14 @@ def _hashed(d: dict[str, Any]) -> dict[str, Any]:
         out["model"] = {k: v for k, v in out["model"].items()
                         if not (k in LATER_MODEL_FIELDS and LATER_MODEL_FIELDS[k] == v)}
     return out
+
+
+def collect_config(cfg: RunConfig) -> dict[str, Any]:
+    """What collecting reads: its settings and the env's version (`EnvDefinition.version`), so
+    a folder collected in an older simulator is collected again, and everything after it."""
+    from kalm.envs.registry import get_env
+
+    return _hashed({**to_dict(cfg.collect), "env_version": get_env(cfg.env).version})
 
 
 def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
@@ -288,7 +296,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         collect(dataclasses.replace(cfg.collect, out=str(out)))
         return [out]
 
-    stages.append(Stage(COLLECT, _hashed(to_dict(cfg.collect)), [], run_collect))
+    stages.append(Stage(COLLECT, collect_config(cfg), [], run_collect))
 
     if needs_dynamics(cfg):
         def run_dynamics(folder: Path) -> list[Path]:

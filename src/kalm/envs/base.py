@@ -179,6 +179,10 @@ class EnvDefinition:
     # states or endings differently (Meta-World: KALM's hand point, successes as timeouts)
     published_episode: Callable[..., tuple[np.ndarray, np.ndarray, dict[str, str]]] | None = None
     gym_id: str | None = None
+    # raised whenever the env's physics or observations change, so that `kalm run` folders
+    # collected with another version collect (and so ground, imagine, train) again instead of
+    # mixing data of one simulator with evaluations in another
+    version: int = 1
     reset_low: Sequence[float] | None = None
     reset_high: Sequence[float] | None = None
 

@@ -103,4 +103,6 @@ CLEVR = EnvDefinition(
     draw_state=_draw_state,
     published_goal=published_goal,
     gym_id=CLEVR_ID,
+    # 2: the pusher's contact weights of the reference simulator (scene.match_reference_contacts)
+    version=2,
 )
