@@ -83,10 +83,12 @@ def main() -> None:
     ap.add_argument("--relabel-first", action="store_true")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--split", default="dev", choices=["dev", "test"],
+                    help="test: the headline half, once a setting was chosen on dev")
     args = ap.parse_args()
     cfg = load_run(args.run)
     seeds = args.seeds if args.seeds is not None else list(cfg.seeds)
-    base = compare_config(cfg, args.algo, args.run, split="dev")
+    base = compare_config(cfg, args.algo, args.run, split=args.split)
     cc, what = dataclasses.replace(base, method="kalm"), []
     if args.interval is not None:
         interval = 8000 if args.interval == "old" else int(args.interval)
@@ -111,15 +113,16 @@ def main() -> None:
     slug = "-".join(w.split(" (")[0].replace(" ", "_").replace("/", "_") for w in what)
     root = args.out / f"{args.algo}-{slug or 'unchanged'}"
     rows = {"the run's default": {
-        s: results(base, args.run / evaluate_stage(args.algo, s, split="dev"), s)
+        s: results(base, args.run / evaluate_stage(args.algo, s, split=args.split), s)
         for s in seeds}, name: {}}
     for s in seeds:
         train_seed(cc, root / "train", s)
-        evaluate_seed(cc, root / "train", root / f"evaluate-dev-seed{s}", s)
-        rows[name][s] = results(cc, root / f"evaluate-dev-seed{s}", s)
+        evaluate_seed(cc, root / "train", root / f"evaluate-{args.split}-seed{s}", s)
+        rows[name][s] = results(cc, root / f"evaluate-{args.split}-seed{s}", s)
     cells = sorted({k for r in rows.values() for res in r.values() for k in res},
                    key=lambda k: (k[0] != "baseline", k[1]))
-    print(f"{args.algo.upper()}, {base.steps} steps, dev half, seeds {seeds}, episodes per level "
+    print(f"{args.algo.upper()}, {base.steps} steps, {args.split} half, seeds {seeds}, episodes "
+          "per level "
           f"and seed {base.episodes} (easy {base.easy_episodes}); success % mean ± std over "
           "seeds")
     print("| setting | " + " | ".join(f"{'real only' if m == 'baseline' else 'KALM'} {lv}"

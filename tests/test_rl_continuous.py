@@ -164,7 +164,7 @@ def test_paper_settings_per_family():
     assert isinstance(conf("bc", "discrete"), d3rlpy.algos.DiscreteBCConfig)
     discrete_cql = create_algo(AlgoConfig(algo="cql"), "discrete", steps=8000).config
     assert isinstance(discrete_cql, d3rlpy.algos.DiscreteCQLConfig)
-    assert discrete_cql.target_update_interval == 200  # the run's steps / 40
+    assert discrete_cql.target_update_interval == 1000  # the run's steps / 8
 
 
 def test_identity_of_discrete_configs_is_unchanged():
