@@ -47,6 +47,7 @@ from kalm.run_folder import (
     load_run,
     load_run_config,
     needs_dynamics,
+    paper_reads_first_proposals,
     real_data,
     reference_policy_stage,
     shoot_matched_stage,
@@ -250,7 +251,7 @@ def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = Non
     base = {"algo": algo, "seed": seed, "steps": cfg.rl.steps[algo], "levels": levels}
     if variant == PAPER:  # one greedy rollout per task of a best-of-N file
         return {**base, "variant": PAPER,
-                **({"proposals": "first"} if cfg.imagine.proposals > 1 else {})}
+                **({"proposals": "first"} if paper_reads_first_proposals(cfg) else {})}
     return {**base, **({"variant": variant} if variant else {}), "keep": cfg.rl.keep_for(algo),
             "imagined_ratio": {lv: cfg.rl.ratio_for(lv, algo) for lv in levels},
             **({"min_kept_share": cfg.rl.min_kept_share} if cfg.rl.min_kept_share else {})}
@@ -424,7 +425,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                     from kalm.eval.compare import train_seed
                     from kalm.imagination.relabel import write_first_proposals
 
-                    if variant == PAPER and cfg.imagine.proposals > 1:
+                    if variant == PAPER and paper_reads_first_proposals(cfg):
                         for lv in cfg.imagine.levels:
                             write_first_proposals(imagined_data(root, lv),
                                                   first_proposals_data(root, lv))

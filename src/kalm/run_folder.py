@@ -133,6 +133,12 @@ def first_proposals_data(root: Path, level: str) -> Path:
     return root / imagine_stage(level) / "imagined-first.h5"
 
 
+def paper_reads_first_proposals(cfg: RunConfig) -> bool:
+    """Whether the paper variant learns from `first_proposals_data` (a best-of-N imagine
+    stage) rather than the imagine stage's own file."""
+    return cfg.imagine.proposals > 1
+
+
 def label_folder(root: Path, level: str) -> Path:
     return root / label_stage(level)
 
@@ -243,14 +249,15 @@ class RLStage:
     # (docs/experiments/06-ensemble-labels-in-pipeline.md)
     keep: dict[str, str] = field(default_factory=dict)
     # reference rows beside KALM, each trained in stages of its own (adding one later runs only
-    # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, every rollout,
-    # 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble, labelled and used as
-    # KALM's rollouts are), `llm_policy` (the grounded LLM acting in the real env itself,
-    # evaluate.llm_policy_episodes per level), `expert` and `random` (the env's scripted
-    # expert and random actions on the same levels and scenes: ceiling and floor), and the
-    # diagnostic `verified` (uses the
-    # simulator, which KALM may not: the LLM's rollouts that really reach the goal on replay,
-    # labelled on the simulator's states; how much better labels could give)
+    # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, one greedy
+    # rollout per task, 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble,
+    # labelled and used as KALM's rollouts are), `shooting_matched` (the same, its candidates
+    # fitted to the CPU-seconds of the LLM's imagine and label stages), `llm_policy` (the
+    # grounded LLM acting in the real env itself, evaluate.llm_policy_episodes per level),
+    # `expert` and `random` (the env's scripted expert and random actions on the same levels
+    # and scenes: ceiling and floor), and the diagnostic `verified` (uses the simulator, which
+    # KALM may not: the LLM's rollouts that really reach the goal on replay, labelled on the
+    # simulator's states; how much better labels could give)
     reference_rows: list[str] = field(default_factory=list)
 
     def keep_for(self, algo: str) -> str:
@@ -439,7 +446,7 @@ def kalm_data(cfg: RunConfig, root: Path, algo: str, variant: str | None = None
     proposal of a best-of-N file, `first_proposals_data`, which the paper train stage writes),
     for the shooting variant the shot rollouts `rl.keep` asks for."""
     if variant == PAPER:
-        pick = first_proposals_data if cfg.imagine.proposals > 1 else imagined_data
+        pick = first_proposals_data if paper_reads_first_proposals(cfg) else imagined_data
         return {lv: str(pick(root, lv)) for lv in cfg.imagine.levels}
     out = {}
     for lv in cfg.imagine.levels:

@@ -46,6 +46,7 @@ from kalm.run_folder import (
     label_stage,
     label_stats,
     load_run,
+    paper_reads_first_proposals,
     reference_policy_stage,
     stage_names,
     too_few_kept,
@@ -342,7 +343,7 @@ def imagined_use_table(root: Path, cfg) -> str:
 def _paper_rollouts(root: Path, cfg, level: str) -> tuple[int | None, str]:
     """(rollouts, which) the paper mode learns from at LEVEL: one greedy rollout per task of a
     best-of-N file (counted in its file once the paper train stage wrote it), else all."""
-    if cfg.imagine.proposals > 1:
+    if paper_reads_first_proposals(cfg):
         path = first_proposals_data(root, level)
         n = None
         if path.exists():

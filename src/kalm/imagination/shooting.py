@@ -212,5 +212,5 @@ def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
                                "candidates_tried": int(usage["candidates"])})
 
 
-__all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "first_proposals",
-           "fitted_candidates", "random_sequences", "shoot", "shoot_level"]
+__all__ = ["ALL_FILE", "SUCCESS_FILE", "ShootingConfig", "choose", "fitted_candidates",
+           "random_sequences", "shoot", "shoot_level"]
