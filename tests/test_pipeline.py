@@ -436,10 +436,11 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
                    "explain_episodes": 2, "warmup_steps": 1},
         "imagine": {"levels": {"unseen": 4}, "batch_size": 16},
         "rl": {"algos": ["bc"], "steps": {"bc": 30}, "keep": {"bc": "all"},
-               "reference_rows": ["paper", "shooting", "llm_policy", "verified", "expert",
-                                      "random"]},
+               "reference_rows": ["paper", "shooting", "planner_uniform", "planner_llm",
+                                  "llm_policy", "verified", "expert", "random"]},
         "dynamics": {"epochs": 3, "hidden": 32},
         "shooting": {"candidates": 16, "horizon": 6},
+        "planner": {"candidates": 16, "iterations": 2, "horizon": 6},
         "evaluate": {"levels": ["unseen"], "episodes": 4, "workers": 1,
                      "llm_policy_episodes": 3},
     }
@@ -460,13 +461,21 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     report = (out / "report" / "report.md").read_text()
     assert "| unseen | 4 |" in report
     # the reference rows, each from its own stages
-    for row in ("paper-unseen-seed0", "shooting-unseen-seed0", "verified-unseen-seed0"):
+    for row in ("paper-unseen-seed0", "shooting-unseen-seed0", "verified-unseen-seed0",
+                "planner_uniform-unseen-seed0", "planner_llm-unseen-seed0"):
         variant = row.split("-")[0]
         ev = json.loads((out / f"evaluate-bc-{variant}-seed0" / row / "eval-unseen.json")
                         .read_text())
         assert ev["episodes"] == 4
     shot = read_episodes(out / "shoot-unseen" / "labelled.h5")
     assert len(shot) == len(imagined) and shot.lengths.max() <= 6
+    # the planner rows: one searched rollout per task, from a uniform prior or the LLM's
+    for prior in ("uniform", "llm"):
+        planned = json.loads((out / f"plan-{prior}-unseen" / "label_stats.json").read_text())
+        assert planned["tasks"] == len(imagined) and planned["config"]["prior"] == prior
+        assert planned["proposer"] == f"planner ({prior} prior)"
+        assert planned["candidates_tried"] >= 16 * len(imagined)
+    assert "planner, uniform prior (no LLM)" in report and "planner, LLM prior" in report
     llm = json.loads((out / "evaluate-llm-policy" / "eval-unseen.json").read_text())
     assert llm["episodes"] == 3
     assert "BC KALM, paper mode" in report and "BC no LLM (shooting)" in report
@@ -486,7 +495,7 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     _check_data_stages(out, records)
     assert verified["generated"] == len(read_episodes(out / "verify-unseen" / "labelled.h5"))
     evals = sorted(out.glob("evaluate-bc*-seed0/*/eval-unseen.json"))
-    assert len(evals) == 5  # baseline, KALM, paper, shooting, verified
+    assert len(evals) == 7  # baseline, KALM, paper, shooting, 2 planners, verified
     for path in evals:
         _check_eval(path, 4)
 

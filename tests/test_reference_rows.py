@@ -105,3 +105,18 @@ def test_a_new_env_version_collects_again(tmp_path):
     assert collect_config(cfg)["env_version"] == 2
     mw = load_run_config(ROOT / "configs" / "metaworld-quick.yaml", out=str(tmp_path / "m"))
     assert "env_version" not in collect_config(mw)
+
+
+def test_the_planner_rows_read_the_llm_proposals_and_the_ensemble(tmp_path):
+    cfg = _quick(tmp_path, ["planner_uniform", "planner_llm"])
+    names = stage_names(cfg)
+    assert "dynamics" in names and names.index("plan-llm-hard") > names.index("imagine-hard")
+    stages = {s.name: s for s in _fake_pipeline(cfg, [])}
+    assert stages["plan-uniform-easy"].inputs == ["imagine-easy", "dynamics"]
+    assert stages["plan-llm-easy"].config["prior"] == "llm"
+    assert stages["plan-uniform-easy"].config["prior"] == "uniform"
+    assert stages["plan-uniform-easy"].config["min_votes"] == cfg.label.min_votes
+    assert stages["train-bc-planner_llm-seed0"].inputs[1:] == [
+        "plan-llm-rephrase", "plan-llm-easy", "plan-llm-hard"]
+    root = cfg.run_dir
+    assert kalm_data(cfg, root, "bc", "planner_uniform") == {}  # nothing planned yet

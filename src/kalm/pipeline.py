@@ -1,4 +1,5 @@
-"""`kalm run`: collect -> (dynamics) -> ground -> imagine -> label -> train -> evaluate -> report.
+"""`kalm run`: collect -> (dynamics) -> ground -> imagine -> label (or plan) -> train -> evaluate
+-> report.
 
 Every stage owns one folder under the run folder and a record (`stage.json`) with its resolved
 config, the hash of that config and of its inputs' records, its output files' checksums and its
@@ -30,6 +31,7 @@ from kalm.run_folder import (
     LLM_POLICY,
     LLM_POLICY_STAGE,
     PAPER,
+    PLANNERS,
     POLICY_REFERENCES,
     RECORD,
     REPORT,
@@ -48,6 +50,7 @@ from kalm.run_folder import (
     load_run_config,
     needs_dynamics,
     paper_reads_first_proposals,
+    plan_stage,
     real_data,
     reference_policy_stage,
     shoot_matched_stage,
@@ -398,6 +401,27 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                       **({"cpu_seconds": "imagine + label stages' cpu_s"} if matched else {})}
             stages.append(Stage(name, config, inputs, run_shoot))
 
+    # the planner rows: the same goals and starts, searched for on the ensemble from a uniform
+    # prior or the LLM's proposals, chosen and labelled by the label stage's judge
+    for row in (r for r in PLANNERS if r in cfg.rl.reference_rows):
+        planner = dataclasses.replace(cfg.planner, prior=PLANNERS[row])
+        for level in cfg.imagine.levels:
+            def run_plan(folder: Path, level: str = level, planner=planner) -> list[Path]:
+                from kalm.envs.registry import get_env
+                from kalm.imagination.labelling import STATS_FILE
+                from kalm.imagination.planner import plan_level
+                from kalm.imagination.relabel import RelabelConfig
+
+                imagined = imagined_data(root, level)
+                stats = plan_level(imagined, folder, load_dynamics(imagined), get_env(cfg.env),
+                                   planner, judge=RelabelConfig(min_votes=cfg.label.min_votes))
+                return [folder / STATS_FILE,
+                        *(folder / f for f in stats["files"].values() if f)]
+
+            stages.append(Stage(plan_stage(level, row), {"level": level, **to_dict(planner),
+                                                          **judge},
+                                [imagine_stage(level), DYNAMICS], run_plan))
+
     if VERIFIED in cfg.rl.reference_rows:
         for level in cfg.imagine.levels:
             def run_verify(folder: Path, level: str = level) -> list[Path]:
@@ -416,7 +440,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                    PAPER: [imagine_stage(lv) for lv in cfg.imagine.levels],
                    SHOOTING: [shoot_stage(lv) for lv in cfg.imagine.levels],
                    SHOOTING_MATCHED: [shoot_matched_stage(lv) for lv in cfg.imagine.levels],
-                   VERIFIED: [verify_stage(lv) for lv in cfg.imagine.levels]}
+                   VERIFIED: [verify_stage(lv) for lv in cfg.imagine.levels],
+                   **{row: [plan_stage(lv, row) for lv in cfg.imagine.levels]
+                      for row in PLANNERS}}
     for algo in cfg.rl.algos:
         for seed in cfg.seeds:
             for variant in variants(cfg):

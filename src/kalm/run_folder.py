@@ -15,6 +15,8 @@ runs/NAME/
   evaluate-ALGO-seedS/<policy>/eval-LEVEL.json
   shoot-LEVEL/labelled{,-success}.h5        reference rows: rollouts without the LLM
   shoot-matched-LEVEL/...                   the same at the LLM's CPU-seconds for the level
+  plan-{uniform,llm}-LEVEL/...              rollouts searched on the ensemble (CEM), from a
+                                            uniform prior or the LLM's proposals
   verify-LEVEL/labelled{,-success}.h5       diagnostic row: LLM rollouts checked in the simulator
   evaluate-llm-policy/eval-LEVEL.json       reference row: the grounded LLM acting itself
   evaluate-{expert,random}/eval-LEVEL.json  reference rows: the env's expert and random actions
@@ -38,6 +40,7 @@ from kalm.data.collect import CollectConfig
 from kalm.eval.compare import CompareConfig
 from kalm.imagination.dynamics import DynamicsConfig
 from kalm.imagination.labelling import STATS_FILE, LabelConfig, labelled_file
+from kalm.imagination.planner import PlannerConfig
 from kalm.imagination.shooting import ShootingConfig
 from kalm.llm.train import GroundConfig
 from kalm.rl.algos import ALGOS, check_algo
@@ -56,11 +59,18 @@ SHOOTING = "shooting"
 # the same shooting at the CPU-seconds the LLM's imagination and labelling of the level took
 # (the candidate count fitted to that budget): the equal-compute reference
 SHOOTING_MATCHED = "shooting_matched"
+# rollouts searched for on the ensemble by the cross-entropy method (kalm.imagination.planner),
+# its search started from a uniform distribution (no LLM) or from the LLM's proposals
+PLANNER_UNIFORM = "planner_uniform"
+PLANNER_LLM = "planner_llm"
+PLANNERS = {PLANNER_UNIFORM: "uniform", PLANNER_LLM: "llm"}  # row -> the planner's prior
 # a DIAGNOSTIC that uses the simulator, which KALM may not: the LLM's rollouts whose actions
 # really reach the goal when replayed, labelled on the simulator's states (an upper bound on
 # what better labels could give)
 VERIFIED = "verified"
-RL_REFERENCES = (PAPER, SHOOTING, SHOOTING_MATCHED, VERIFIED)
+RL_REFERENCES = (PAPER, SHOOTING, SHOOTING_MATCHED, PLANNER_UNIFORM, PLANNER_LLM, VERIFIED)
+# the rows whose rollouts another proposer than the LLM's sampling made, on the ensemble
+PROPOSER_ROWS = (SHOOTING, SHOOTING_MATCHED, PLANNER_UNIFORM, PLANNER_LLM)
 # and the grounded LLM acting in the real env itself (the paper's Fig. 5): an evaluation only
 LLM_POLICY = "llm_policy"
 LLM_POLICY_STAGE = "evaluate-llm-policy"
@@ -90,6 +100,11 @@ def shoot_stage(level: str) -> str:
 
 def shoot_matched_stage(level: str) -> str:
     return f"shoot-matched-{level}"
+
+
+def plan_stage(level: str, row: str) -> str:
+    """The planner stage of a planner row (`plan-uniform-LEVEL`, `plan-llm-LEVEL`)."""
+    return f"plan-{PLANNERS[row]}-{level}"
 
 
 def verify_stage(level: str) -> str:
@@ -157,6 +172,8 @@ def reference_label_folder(root: Path, level: str, variant: str | None) -> Path:
         return shoot_folder(root, level)
     if variant == SHOOTING_MATCHED:
         return root / shoot_matched_stage(level)
+    if variant in PLANNERS:
+        return root / plan_stage(level, variant)
     if variant == VERIFIED:
         return verify_folder(root, level)
     return label_folder(root, level)
@@ -175,8 +192,7 @@ def variants(cfg: RunConfig) -> list[str | None]:
 
 
 def needs_dynamics(cfg: RunConfig) -> bool:
-    return (cfg.label.needs_dynamics or SHOOTING in cfg.rl.reference_rows
-            or SHOOTING_MATCHED in cfg.rl.reference_rows)
+    return cfg.label.needs_dynamics or any(r in PROPOSER_ROWS for r in cfg.rl.reference_rows)
 
 
 def stage_names(cfg: RunConfig) -> list[str]:
@@ -190,6 +206,8 @@ def stage_names(cfg: RunConfig) -> list[str]:
         names += [shoot_stage(lv) for lv in cfg.imagine.levels]
     if SHOOTING_MATCHED in cfg.rl.reference_rows:
         names += [shoot_matched_stage(lv) for lv in cfg.imagine.levels]
+    for row in (r for r in PLANNERS if r in cfg.rl.reference_rows):
+        names += [plan_stage(lv, row) for lv in cfg.imagine.levels]
     if VERIFIED in cfg.rl.reference_rows:
         names += [verify_stage(lv) for lv in cfg.imagine.levels]
     for algo in cfg.rl.algos:
@@ -252,7 +270,10 @@ class RLStage:
     # its stages): `paper` (KALM as the paper trains it: the LLM's own labels, one greedy
     # rollout per task, 1:1), `shooting` (no LLM: random shooting on the dynamics ensemble,
     # labelled and used as KALM's rollouts are), `shooting_matched` (the same, its candidates
-    # fitted to the CPU-seconds of the LLM's imagine and label stages), `llm_policy` (the
+    # fitted to the CPU-seconds of the LLM's imagine and label stages), `planner_uniform` and
+    # `planner_llm` (rollouts searched for on the ensemble by the cross-entropy method, the
+    # `planner` section's settings, from a uniform prior or the LLM's proposals: what search
+    # adds, and what the LLM adds to search), `llm_policy` (the
     # grounded LLM acting in the real env itself, evaluate.llm_policy_episodes per level),
     # `expert` and `random` (the env's scripted expert and random actions on the same levels
     # and scenes: ceiling and floor), and the diagnostic `verified` (uses the simulator, which
@@ -315,6 +336,8 @@ class RunConfig:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     shooting: ShootingConfig = field(default_factory=ShootingConfig)
+    # the planner rows' search (its `prior` is set per row: planner_uniform / planner_llm)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
     rl: RLStage = field(default_factory=RLStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     report: ReportStage = field(default_factory=ReportStage)
@@ -407,6 +430,7 @@ class RunConfig:
             label=r(self.label, min_votes=None if self.label.min_votes is None
                     else min(self.label.min_votes, 2)),
             shooting=r(self.shooting, candidates=4, horizon=2),
+            planner=r(self.planner, candidates=8, iterations=1, horizon=2),
             rl=r(self.rl, steps={a: 2 for a in self.rl.steps}),
             evaluate=r(self.evaluate, episodes=2, easy_episodes=2,
                        workers=min(self.evaluate.workers, 2)),

@@ -148,6 +148,12 @@ class EnvDefinition:
       file holds, or None); it returns the goal dict, None when they do not determine one, and
       raises ValueError naming what is wrong; `published_episode(observations, terminals,
       success)` puts an imported episode in kalm's layout and says so in file attrs;
+    - planner hooks (optional, vectorised over candidates; `kalm.imagination.planner` falls back
+      to the per-step functions above when absent, which is correct but slow):
+      `batch_successes(goal, observations (N, T+1, obs), actions (N, T[, act])) -> (N, T) bool`,
+      equal to `successes` row by row; `goal_distance(goal, observations (..., obs)) -> (...)`
+      float >= 0, how far each state is from meeting the goal (0 where it is met): a dense
+      search signal, finer than the rewards' count of satisfied parts on multi-part goals;
     - `gym_id` (optional): the Gymnasium id the env is registered under, written into exported
       datasets (Minari) so that other tools can make the env from the data.
     """
@@ -185,6 +191,8 @@ class EnvDefinition:
     version: int = 1
     reset_low: Sequence[float] | None = None
     reset_high: Sequence[float] | None = None
+    batch_successes: Callable[..., np.ndarray] | None = None
+    goal_distance: Callable[..., np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         s = self.spec
@@ -304,6 +312,34 @@ class EnvDefinition:
         """The first step whose transition meets the goal by `successes`, or None."""
         hits = np.flatnonzero(self.successes(goal, observations, actions))
         return int(hits[0]) if len(hits) else None
+
+    def success_grid(self, goal: Mapping[str, Any], observations: np.ndarray,
+                     actions: np.ndarray) -> np.ndarray:
+        """(N, T) success per candidate and step of N rollouts (N, T+1, obs): the env's
+        `batch_successes` where it has one, else `successes` row by row."""
+        obs = np.asarray(observations)
+        acts = np.asarray(actions)
+        if obs.ndim != 3 or len(obs) != len(acts) or obs.shape[1] != acts.shape[1] + 1:
+            raise ValueError(f"success_grid takes observations (N, T+1, obs) and actions "
+                             f"(N, T...), got {obs.shape} and {acts.shape}")
+        if self.batch_successes is not None:
+            out = np.asarray(self.batch_successes(goal, obs, acts), dtype=bool)
+            if out.shape != acts.shape[:2]:
+                raise ValueError(f"env {self.name!r}: batch_successes returned shape "
+                                 f"{out.shape} for actions {acts.shape[:2]}")
+            return out
+        return np.stack([self.successes(goal, o, a) for o, a in zip(obs, acts, strict=True)])
+
+    def distance_grid(self, goal: Mapping[str, Any], observations: np.ndarray) -> np.ndarray:
+        """(...) the env's `goal_distance` of states (..., obs), shape-checked."""
+        if self.goal_distance is None:
+            raise ValueError(f"env {self.name!r} has no goal_distance hook")
+        obs = np.asarray(observations)
+        out = np.asarray(self.goal_distance(goal, obs), dtype=np.float64)
+        if out.shape != obs.shape[:-1]:
+            raise ValueError(f"env {self.name!r}: goal_distance returned shape {out.shape} "
+                             f"for states {obs.shape}")
+        return out
 
     def step_judge(self, goal: Mapping[str, Any],
                    s0: np.ndarray) -> Callable[[np.ndarray, Any, np.ndarray], bool]:

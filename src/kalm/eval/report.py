@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ from kalm.run_folder import (
     LLM_POLICY,
     LLM_POLICY_STAGE,
     PAPER,
+    PLANNER_LLM,
+    PLANNER_UNIFORM,
     POLICY_REFERENCES,
+    PROPOSER_ROWS,
     RECORD,
     REPORT,
     SHOOTING,
@@ -90,6 +94,8 @@ def stage_table(root: Path, order: list[str]) -> str:
 METHOD_NAMES = {"baseline": "real only", "kalm": "KALM", PAPER: "KALM, paper mode",
                 SHOOTING: "no LLM (shooting)",
                 SHOOTING_MATCHED: "no LLM (shooting at the LLM's CPU-seconds)",
+                PLANNER_UNIFORM: "planner, uniform prior (no LLM)",
+                PLANNER_LLM: "planner, LLM prior",
                 VERIFIED: "simulator-verified LLM rollouts (diagnostic)"}
 
 
@@ -266,8 +272,8 @@ def task_table(root: Path, cfg) -> str | None:
     return "\n".join(lines)
 
 
-def labelling_table(root: Path, levels: list[str], shooting: bool = False,
-                    verified: bool = False, shooting_matched: bool = False) -> str:
+def labelling_table(root: Path, levels: list[str], proposers: Sequence[str] = (),
+                    verified: bool = False) -> str:
     """Per level: what was generated, what the labeller kept and judged successful, and (a
     diagnostic that uses the simulator) how many really reach the goal, and the labels'
     precision."""
@@ -275,10 +281,8 @@ def labelling_table(root: Path, levels: list[str], shooting: bool = False,
              "successful, of generated (diagnostic) | replayed successful, of judged "
              "successful (diagnostic) | labeller precision / recall / AUROC (diagnostic) | "
              "LLM self-judged precision (diagnostic) |", "|---|---|---|---|---|---|---|---|---|"]
-    rows = [(lv, None) for lv in levels] + ([(lv, SHOOTING) for lv in levels] if shooting
-                                            else []) + \
-        ([(lv, SHOOTING_MATCHED) for lv in levels] if shooting_matched else []) + \
-        ([(lv, VERIFIED) for lv in levels] if verified else [])
+    rows = [(lv, None) for lv in levels] + [(lv, row) for row in proposers for lv in levels] \
+        + ([(lv, VERIFIED) for lv in levels] if verified else [])
     for lv, variant in rows:
         st = label_stats(root, lv, variant)
         if st is None:
@@ -302,7 +306,9 @@ def labelling_table(root: Path, levels: list[str], shooting: bool = False,
         self_prec = (d["llm_self"] or {}).get("precision")
         who = st["labeller"] + {
             SHOOTING: ", actions from random shooting (no LLM)",
-            SHOOTING_MATCHED: ", random shooting at the LLM's CPU-seconds (no LLM)"}.get(
+            SHOOTING_MATCHED: ", random shooting at the LLM's CPU-seconds (no LLM)",
+            PLANNER_UNIFORM: ", actions from the planner, uniform prior (no LLM)",
+            PLANNER_LLM: ", actions from the planner, the LLM's proposals as prior"}.get(
                 variant, "")
         lines.append(f"| {lv} | {who} | {st['generated']} | {st['kept']['all']} | "
                      f"{judged} | {of_generated} | {of_judged} | {pr(d['labeller'])} | "
@@ -365,9 +371,9 @@ def _cpu_s(root: Path, stage: str) -> float | None:
 
 def compute_table(root: Path, cfg) -> str | None:
     """CPU-seconds per level of who proposed the rollouts: the LLM's imagine + label stages
-    against the shooting rows (their own shooting, the replay diagnostic not counted), and
-    CPU-seconds per kept rollout; None when the run has no shooting row."""
-    rows = [r for r in (SHOOTING, SHOOTING_MATCHED) if r in cfg.rl.reference_rows]
+    against the shooting and planner rows (their own search, the replay diagnostic not
+    counted), and CPU-seconds per kept rollout; None when the run has none of these rows."""
+    rows = [r for r in PROPOSER_ROWS if r in cfg.rl.reference_rows]
     if not rows:
         return None
     lines = ["| level | proposer | tasks | candidates tried | CPU-s | kept (judged successful) | "
@@ -553,8 +559,9 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
         if compute:
             md += ["### Compute of the proposers", "",
                    "CPU-seconds (all threads of the process) of the LLM's imagination and "
-                   "labelling of a level against the shooting rows', and per rollout judged "
-                   "successful.", "", compute, ""]
+                   "labelling of a level against the shooting and planner rows' own search "
+                   "(the LLM-prior planner needs the LLM's imagination too), and per rollout "
+                   "judged successful.", "", compute, ""]
         llm = llm_policy_table(root, list(cfg.evaluate.levels))
         if LLM_POLICY in cfg.rl.reference_rows or llm:
             md += ["### The grounded LLM as the policy (the paper's Fig. 5)", "",
@@ -589,9 +596,8 @@ def write_report(root: str | Path, folder: str | Path | None = None) -> tuple[Pa
            "LLM's own predicted states). The replay columns use the simulator (a diagnostic "
            "of the labels' precision, never used to label or filter).", "",
            labelling_table(root, list(cfg.imagine.levels),
-                           shooting=SHOOTING in cfg.rl.reference_rows,
-                           verified=VERIFIED in cfg.rl.reference_rows,
-                           shooting_matched=SHOOTING_MATCHED in cfg.rl.reference_rows), ""]
+                           [r for r in PROPOSER_ROWS if r in cfg.rl.reference_rows],
+                           verified=VERIFIED in cfg.rl.reference_rows), ""]
     if definition is not None and definition.draw_state is not None:
         md += ["### Imagined (left) vs the same actions in the real simulator (right; "
                "diagnostic)", ""]

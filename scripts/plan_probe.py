@@ -1,0 +1,100 @@
+"""The planner's settings side by side on one level of a `kalm run` folder, on the DEV half.
+
+Plans one rollout per task (the imagine stage's goals and start states, the tasks whose goal is
+in the level's dev half, a fixed random subset with --tasks) on the run's dynamics ensemble,
+for each setting given, and prints per setting: tasks kept (judged successful by the label
+stage's rule), kept rollouts right on replay (a DIAGNOSTIC that uses the simulator, which KALM
+may not; never used to choose a rollout), CPU-seconds and CPU-seconds per kept rollout. The
+planner's defaults are chosen on these tables; the headline reports the test half.
+
+    python scripts/plan_probe.py runs/plan/run --level hard --tasks 40 \
+        --set prior=uniform --set prior=llm --set prior=uniform,horizon=30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kalm.data.episodes import read_episodes
+from kalm.data.suites import load_builtin_suite
+from kalm.envs.registry import get_env
+from kalm.imagination.dynamics import DynamicsEnsemble
+from kalm.imagination.planner import PlannerConfig, plan, proposals_by_task
+from kalm.imagination.relabel import RelabelConfig, first_proposals
+from kalm.run_folder import DYNAMICS, imagined_data, load_run
+
+
+def parse_setting(text: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    fields = {f.name: f.type for f in dataclasses.fields(PlannerConfig)}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--set {text}: unknown planner field {key!r}; known: "
+                             f"{', '.join(fields)}")
+        out[key] = value if key == "prior" else (float(value) if "." in value else int(value))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--level", required=True)
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--tasks", type=int, default=None, help="a random subset of this many")
+    ap.add_argument("--set", action="append", default=[], dest="settings",
+                    help="planner fields, e.g. prior=llm,candidates=500 (repeatable)")
+    ap.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    args = ap.parse_args(argv)
+
+    cfg = load_run(args.run)
+    definition = get_env(cfg.env)
+    data = read_episodes(imagined_data(args.run, args.level))
+    tasks = first_proposals(data)
+    half = {json.dumps(g, sort_keys=True)
+            for g in load_builtin_suite(args.level, cfg.env, args.split).goals}
+    keep = [i for i in range(len(tasks)) if json.dumps(tasks.episode(i).goal, sort_keys=True)
+            in half]
+    if args.tasks is not None and args.tasks < len(keep):
+        keep = sorted(np.random.default_rng(0).choice(keep, args.tasks, replace=False))
+    tasks = tasks.subset(np.asarray(keep))
+    proposals = proposals_by_task(data)
+    dynamics = DynamicsEnsemble.load(args.run / DYNAMICS, spec=data.spec)
+    judge = RelabelConfig(min_votes=cfg.label.min_votes)
+    print(f"{args.level} ({args.split} half): {len(tasks)} tasks; judge min_votes "
+          f"{judge.min_votes}")
+    print("| setting | kept | kept right on replay (diagnostic) | CPU-s | CPU-s per kept | "
+          "candidates | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for text in args.settings or ["prior=uniform"]:
+        pc = dataclasses.replace(cfg.planner, **parse_setting(text))
+        usage: dict[str, float] = {}
+        t0 = time.perf_counter()
+        eps = plan(tasks, dynamics, definition, pc, proposals, judge, progress=False,
+                   usage=usage)
+        wall = time.perf_counter() - t0
+        kept = [e for e in eps if e.extras["ensemble_success"]]
+        right = sum(bool(e.extras.get("replay_success")) for e in kept)
+        cpu = usage["cpu_seconds"]
+        per = f"{cpu / len(kept):.1f}" if kept else "-"
+        print(f"| {text} | {len(kept)} of {len(eps)} | {right} | {cpu:.0f} | {per} | "
+              f"{int(usage['candidates'])} | {wall:.0f} |", flush=True)
+        if args.out is not None:
+            row = {"run": str(args.run), "level": args.level, "split": args.split,
+                   "tasks": len(eps), "setting": text, "config": dataclasses.asdict(pc),
+                   "kept": len(kept), "right": right, "cpu_seconds": cpu,
+                   "candidates": int(usage["candidates"]), "wall_s": wall,
+                   "replay_success_all": sum(bool(e.extras.get("replay_success"))
+                                             for e in eps)}
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
