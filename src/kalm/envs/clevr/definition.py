@@ -22,6 +22,7 @@ from kalm.envs.clevr.constants import (
 )
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success, max_steps, validate_goal
+from kalm.envs.clevr.planning import batch_successes, goal_distance
 from kalm.envs.clevr.published import published_goal
 from kalm.envs.clevr.rewards import episode_rewards
 
@@ -103,6 +104,8 @@ CLEVR = EnvDefinition(
     draw_state=_draw_state,
     published_goal=published_goal,
     gym_id=CLEVR_ID,
+    batch_successes=batch_successes,
+    goal_distance=goal_distance,
     # 2: the pusher's contact weights of the reference simulator (scene.match_reference_contacts)
     version=2,
 )
