@@ -449,3 +449,26 @@ def test_the_clamp_box_covers_every_clevr_start_state(tmp_path):
     # an env without a reset box clamps to its state box
     mw = get_env("metaworld")
     assert mw.clamp_box() == (tuple(mw.state_low), tuple(mw.state_high))
+
+
+def test_a_projection_applies_to_every_predicted_state(linear_ensemble):
+    """`with_projection` (a planner's env structure, e.g. CLEVR's non-overlapping balls) acts
+    after every step of the mean and of each member's own rollout, and leaves the original
+    ensemble as it was."""
+    calls = []
+
+    def floor_at_zero(prev, actions, state):
+        calls.append(np.shape(state))
+        return np.maximum(state, 0.0)
+
+    projected = linear_ensemble.with_projection(floor_at_zero)
+    rng = np.random.default_rng(0)
+    s0 = rng.uniform(-1, 1, size=(6, OBS)).astype(np.float32)
+    acts = rng.integers(ACTS, size=(6, 5))
+    states, _ = projected.rollout(s0, acts)
+    members = projected.member_rollouts(s0, acts)
+    assert (states[:, 1:] >= 0).all() and (members[:, :, 1:] >= 0).all()
+    assert (states[:, 0] < 0).any()  # the start is never projected
+    plain, _ = linear_ensemble.rollout(s0, acts)
+    assert (plain[:, 1:] < 0).any() and linear_ensemble.project is None
+    assert calls and projected.net is linear_ensemble.net

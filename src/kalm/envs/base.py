@@ -154,6 +154,13 @@ class EnvDefinition:
       equal to `successes` row by row; `goal_distance(goal, observations (..., obs)) -> (...)`
       float >= 0, how far each state is from meeting the goal (0 where it is met): a dense
       search signal, finer than the rewards' count of satisfied parts on multi-part goals;
+      `batch_plausible(observations (N, T+1, obs), actions (N, T[, act])) -> (N, T) bool`,
+      whether each transition is physically possible (CLEVR: no interpenetrating balls, no ball
+      moving that the push cannot reach, ...): a learned model lets balls pass through each
+      other, and a planner finds exactly those states unless they are ruled out;
+      `project_state(prev (..., obs), actions (...), state (..., obs)) -> state`, a predicted
+      next state put back among the states the env can produce (CLEVR: overlapping balls
+      moved apart as the contact would), applied after every step of a planner's model;
     - `gym_id` (optional): the Gymnasium id the env is registered under, written into exported
       datasets (Minari) so that other tools can make the env from the data.
     """
@@ -193,6 +200,8 @@ class EnvDefinition:
     reset_high: Sequence[float] | None = None
     batch_successes: Callable[..., np.ndarray] | None = None
     goal_distance: Callable[..., np.ndarray] | None = None
+    batch_plausible: Callable[..., np.ndarray] | None = None
+    project_state: Callable[..., np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         s = self.spec
@@ -329,6 +338,18 @@ class EnvDefinition:
                                  f"{out.shape} for actions {acts.shape[:2]}")
             return out
         return np.stack([self.successes(goal, o, a) for o, a in zip(obs, acts, strict=True)])
+
+    def plausible_grid(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """(N, T) whether each transition of N rollouts is physically possible: the env's
+        `batch_plausible`, else all True (nothing is known to rule out)."""
+        obs, acts = np.asarray(observations), np.asarray(actions)
+        if self.batch_plausible is None:
+            return np.ones(acts.shape[:2], dtype=bool)
+        out = np.asarray(self.batch_plausible(obs, acts), dtype=bool)
+        if out.shape != acts.shape[:2]:
+            raise ValueError(f"env {self.name!r}: batch_plausible returned shape {out.shape} "
+                             f"for actions {acts.shape[:2]}")
+        return out
 
     def distance_grid(self, goal: Mapping[str, Any], observations: np.ndarray) -> np.ndarray:
         """(...) the env's `goal_distance` of states (..., obs), shape-checked."""

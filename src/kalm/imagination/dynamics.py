@@ -17,11 +17,12 @@ means the same for every state dimension and every environment.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -181,6 +182,9 @@ class DynamicsEnsemble:
     bounds: tuple[np.ndarray, np.ndarray] | None = None  # states are clamped to this box
     training: dict[str, Any] = field(default_factory=dict)  # summary of the fit
     threads: int | None = 1  # torch threads for prediction (speed only, not saved)
+    # applied to every predicted next state (prev, action, next) -> next, e.g. the env's
+    # `project_state` (CLEVR: balls do not overlap); not saved: `with_projection` sets it
+    project: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -323,7 +327,17 @@ class DynamicsEnsemble:
             z = self.net(x.unsqueeze(0).expand(self.config.members, -1, -1)).numpy()
         n = self.normaliser
         nxt = np.asarray(states, np.float32)[None] + z * n.delta_std + n.delta_mean
-        return self._clamp(nxt), z
+        return self._projected(states, actions, self._clamp(nxt)), z
+
+    def _projected(self, prev: np.ndarray, actions: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        if self.project is None:
+            return nxt
+        return np.asarray(self.project(prev, actions, nxt), dtype=np.float32)
+
+    def with_projection(self, project: Callable[[np.ndarray, np.ndarray, np.ndarray],
+                                                np.ndarray] | None) -> DynamicsEnsemble:
+        """The same ensemble with PROJECT applied to every predicted state (shares the net)."""
+        return dataclasses.replace(self, project=project)
 
     def _clamp(self, s: np.ndarray) -> np.ndarray:
         return s if self.bounds is None else np.clip(s, self.bounds[0], self.bounds[1])
@@ -371,7 +385,8 @@ class DynamicsEnsemble:
         states[:, 0] = s0
         for step in range(t):
             members, z = self._members(states[:, step], acts[:, step])
-            states[:, step + 1] = self._clamp(members.mean(0))
+            states[:, step + 1] = self._projected(states[:, step], acts[:, step],
+                                                  self._clamp(members.mean(0)))
             unc[:, step] = self._spread(z)
         return (states[0], unc[0]) if single else (states, unc)
 
@@ -394,8 +409,9 @@ class DynamicsEnsemble:
                              np.concatenate([acts[:, step]] * k)).reshape(k, b, -1)
             with torch.no_grad(), torch_threads(self.threads):
                 z = self.net(x).numpy()
-            states[:, :, step + 1] = self._clamp(states[:, :, step] + z * n.delta_std
-                                                 + n.delta_mean)
+            states[:, :, step + 1] = self._projected(
+                states[:, :, step], acts[None, :, step],
+                self._clamp(states[:, :, step] + z * n.delta_std + n.delta_mean))
         return states
 
     # ------------------------------------------------------------------ files

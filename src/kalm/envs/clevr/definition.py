@@ -20,10 +20,12 @@ from kalm.envs.clevr.constants import (
     TABLE_HIGH,
     TABLE_LOW,
 )
+from kalm.envs.clevr.contacts import separate_balls
 from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success, max_steps, validate_goal
 from kalm.envs.clevr.planning import batch_successes, goal_distance
 from kalm.envs.clevr.published import published_goal
+from kalm.envs.clevr.realism import batch_plausible
 from kalm.envs.clevr.rewards import episode_rewards
 
 LEVELS = ("train", "rephrase", "easy", "hard")
@@ -106,6 +108,8 @@ CLEVR = EnvDefinition(
     gym_id=CLEVR_ID,
     batch_successes=batch_successes,
     goal_distance=goal_distance,
+    batch_plausible=batch_plausible,
+    project_state=separate_balls,
     # 2: the pusher's contact weights of the reference simulator (scene.match_reference_contacts)
     version=2,
 )

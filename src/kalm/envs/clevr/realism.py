@@ -52,6 +52,33 @@ def check_transitions(observations: np.ndarray, actions: np.ndarray) -> dict[str
     return c
 
 
+def batch_plausible(observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """(N, T) whether each transition of N rollouts (N, T+1, 10) falls in none of the
+    categories of `check_transitions`, for a planner that scores thousands of candidates: the
+    same tests in numpy (a transition is plausible where `check_transitions` counts nothing)."""
+    obs = np.asarray(observations, dtype=np.float64)
+    if obs.ndim != 3 or obs.shape[-1] != 2 * NUM_BALLS:
+        raise ValueError(f"batch_plausible takes observations (N, T+1, {2 * NUM_BALLS}), got "
+                         f"{obs.shape}")
+    n, t1 = obs.shape[:2]
+    balls = obs.reshape(n, t1, NUM_BALLS, 2)
+    prev, cur = balls[:, :-1], balls[:, 1:]
+    low, high = TABLE_LOW - TABLE_TOL, TABLE_HIGH + TABLE_TOL
+    out_of_table = ((cur < low) | (cur > high)).any((-1, -2))
+    move = np.linalg.norm(cur - prev, axis=-1)  # (N, T, balls)
+    exceed = move.max(-1) > MAX_STEP_MOVE
+    i, j = np.triu_indices(NUM_BALLS, 1)
+    penetrate = (np.linalg.norm(cur[:, :, i] - cur[:, :, j], axis=-1) < PENETRATION).any(-1)
+    # balls the push can reach: the pushed ball, then by chains of balls within reach
+    near = np.linalg.norm(prev[:, :, :, None] - prev[:, :, None], axis=-1) < REACH
+    pushed = np.asarray(actions).reshape(n, t1 - 1).astype(np.int64) // 8
+    reached = np.arange(NUM_BALLS)[None, None] == pushed[..., None]  # (N, T, balls)
+    for _ in range(NUM_BALLS - 1):
+        reached = reached | (near & reached[..., :, None]).any(-2)
+    untouched = ((move > MOVED) & ~reached).any(-1)
+    return ~(out_of_table | exceed | penetrate | untouched)
+
+
 def replay(env: CLEVRRobotEnv, goal: Mapping[str, Any], s0: np.ndarray,
            actions: np.ndarray) -> tuple[np.ndarray, bool]:
     """Real states after replaying `actions` from s0, and whether the goal holds at the end."""
