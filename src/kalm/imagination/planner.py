@@ -63,8 +63,8 @@ PRIORS = ("uniform", "llm")
 @dataclass
 class PlannerConfig:
     prior: str = "uniform"  # where the search starts: `uniform` (no LLM) or `llm` (its proposals)
-    candidates: int = 1000  # action sequences scored per iteration
-    iterations: int = 6  # refits of the distribution at most (early exit at a confirmed success)
+    candidates: int = 500  # action sequences scored per iteration
+    iterations: int = 5  # refits of the distribution at most (early exit at a kept success)
     elite_frac: float = 0.05  # the best share of a population the distribution is refitted to
     horizon: int = 20  # actions per candidate at most; a goal's own step limit caps it further
     smoothing: float = 0.2  # weight of the old distribution in each refit
