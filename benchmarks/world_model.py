@@ -1,0 +1,348 @@
+"""How far can the learned dynamics ensemble be trusted, open loop?
+
+The planner (`kalm.imagination.planner`) searches action sequences on `DynamicsEnsemble` and keeps
+the ones the ensemble says reach the goal, so a kept rollout is only as good as the model's
+multi-step accuracy: an error that grows with the horizon turns into kept "successes" that the
+simulator would not reproduce, and into real successes the model cannot see. This script
+measures both on real episodes the ensemble was NOT fitted on (the validation episodes its fit
+held out, `split_episodes(len(data), val_fraction, seed)`):
+
+1. open-loop error: the episode's real expert actions replayed through the ensemble's mean chain
+   from the episode's real s_0, compared with the real state at step k (over the episodes that
+   last at least k steps): median and 90th percentile of the env's state distance
+   (`definition.distance`; CLEVR: mean ball distance in m) and, where the env has entities that
+   are easy to separate (CLEVR's balls), of the largest per-entity error; beside "nothing moves"
+   (s_k = s_0), the floor any useful model must beat. With and without the env's `project_state`
+   hook (`ens.with_projection`), which the planner applies after every predicted step;
+2. the judge's recall on real successes: the same real actions through the mean chain and each
+   member (`member_rollouts`), labelled by the label stage's own rule
+   (`relabel.label_resimulated` with `RelabelConfig(min_votes=K)`): the share of real successful
+   episodes the ensemble calls successful, and the share the mean chain alone does (no votes).
+
+Inputs: a `kalm run` folder (`--run RUN`: RUN/dynamics and RUN/collect/real.h5), an episode
+file and an ensemble folder (`--data FILE --dynamics DIR`; without `--dynamics` one is fitted),
+or a fresh collection (`--env ENV --episodes N`: the scripted expert collects N episodes, an
+ensemble with the default `DynamicsConfig` is fitted on them, `--workdir` keeps both for a
+rerun).
+
+    python benchmarks/world_model.py --run runs/plan/run
+    python benchmarks/world_model.py --env metaworld --episodes 600 --workdir /tmp/wm-mw \\
+        --steps 10 20 40 80 --out wm-mw.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kalm.data.episodes import EpisodeData, read_episodes
+from kalm.envs.base import EnvDefinition
+from kalm.envs.registry import get_env
+from kalm.imagination.dynamics import (
+    META,
+    DynamicsConfig,
+    DynamicsEnsemble,
+    check_spec,
+    split_episodes,
+)
+from kalm.imagination.relabel import Dynamics, RelabelConfig, label_resimulated, member_rollouts
+from kalm.io import write_json
+
+DEFAULT_STEPS = {"clevr": (1, 2, 4, 6), "metaworld": (10, 20, 40, 80)}
+DEFAULT_POLICY = {"metaworld": "expert:noise=mix"}
+
+
+def _max_ball_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CLEVR: the largest ball-centre error per row (states are (x, y) per ball)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1, 2)
+    b = np.asarray(b, np.float64).reshape(len(b), -1, 2)
+    return np.linalg.norm(a - b, axis=-1).max(-1)
+
+
+# env name -> (column label, per-row error): the worst entity, where entities are easy to split
+ENTITY_ERRORS: dict[str, tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]] = {
+    "clevr": ("max ball", _max_ball_error),
+}
+
+
+# ------------------------------------------------------------------------------- measuring
+def _quantiles(d: np.ndarray) -> tuple[float | None, float | None]:
+    if not len(d):
+        return None, None
+    return float(np.median(d)), float(np.quantile(d, 0.9))
+
+
+def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
+            steps: Sequence[int], min_votes: int | None = None, batch_size: int = 1024
+            ) -> dict[str, Any]:
+    """Open-loop errors at `steps` and the judge's recall on the real successes of `data`.
+
+    `model` needs `rollout(s0 (B, obs), actions (B, T...))` -> (states (B, T+1, obs), u (B, T));
+    with `member_rollouts` (a DynamicsEnsemble) the members vote, `min_votes` of them (default:
+    all K) must reach the goal too, as in the label stage."""
+    entity = ENTITY_ERRORS.get(definition.name)
+    n = len(data)
+    lengths = np.asarray(data.lengths)
+    pred_at: dict[int, list[np.ndarray]] = {k: [] for k in steps}
+    judge_votes = judge_mean = judge_real = successes = 0
+    votes_seen: list[int] = []
+    k_members: int | None = None
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        t_max = int(lengths[idx].max())
+        s0, acts = data.observations[idx, 0], data.actions[idx, :t_max]
+        states, u = model.rollout(s0, acts)
+        members = member_rollouts(model, s0, acts)
+        if members is not None:
+            k_members = len(members)
+        for k in steps:
+            pred_at[k].append(states[:, min(k, t_max)])
+        votes_cfg = RelabelConfig(min_votes=min_votes or k_members) if members is not None \
+            else None
+        for row, i in enumerate(idx):
+            ep = data.episode(int(i))
+            if not ep.success:
+                continue
+            successes += 1
+            real = label_resimulated(ep, ep.observations, np.zeros(ep.length, np.float32),
+                                     definition, RelabelConfig())
+            judge_real += bool(real.extras["ensemble_success"])  # the rule itself, on truth
+            mean_only = label_resimulated(ep, states[row], u[row], definition, RelabelConfig())
+            judge_mean += bool(mean_only.extras["ensemble_success"])
+            if votes_cfg is not None:
+                voted = label_resimulated(ep, states[row], u[row], definition, votes_cfg,
+                                          members[:, row])
+                judge_votes += bool(voted.extras["ensemble_success"])
+                votes_seen.append(int(voted.extras["ensemble_votes"]))
+    rows = []
+    for k in steps:
+        pred = np.concatenate(pred_at[k])
+        has = np.flatnonzero(lengths >= k)
+        true = data.observations[has, k]
+        d = definition.distance(pred[has], true) if len(has) else np.zeros(0)
+        d0 = definition.distance(data.observations[has, 0], true) if len(has) else np.zeros(0)
+        row: dict[str, Any] = {"step": int(k), "episodes": len(has)}
+        row["median"], row["p90"] = _quantiles(d)
+        row["static_median"], row["static_p90"] = _quantiles(d0)
+        if entity is not None:
+            e = entity[1](pred[has], true) if len(has) else np.zeros(0)
+            row["entity_median"], row["entity_p90"] = _quantiles(e)
+        rows.append(row)
+    used_votes = None if k_members is None else (min_votes or k_members)
+    judge = {"successful_episodes": successes,
+             "real_states_recall": judge_real / successes if successes else None,
+             "mean_chain_recall": judge_mean / successes if successes else None,
+             "members": k_members, "min_votes": used_votes,
+             "votes_recall": (judge_votes / successes if successes and k_members else None),
+             "mean_votes": float(np.mean(votes_seen)) if votes_seen else None}
+    return {"steps": rows, "judge": judge}
+
+
+def measure_variants(ens: DynamicsEnsemble, definition: EnvDefinition, val: EpisodeData,
+                     steps: Sequence[int], min_votes: int | None = None) -> dict[str, Any]:
+    """`measure` on the raw ensemble and, where the env has `project_state`, projected."""
+    variants = {"raw": ens}
+    if definition.project_state is not None:
+        variants["projected"] = ens.with_projection(definition.project_state)
+    out = {}
+    for name, model in variants.items():
+        t0 = time.perf_counter()
+        out[name] = measure(model, definition, val, steps, min_votes)
+        out[name]["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+# ------------------------------------------------------------------------------- printing
+def _f(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any], definition: EnvDefinition) -> str:
+    units = f" ({definition.state_units})" if definition.state_units else ""
+    entity = ENTITY_ERRORS.get(definition.name)
+    header = ["model", "step", "episodes", f"median{units}", f"p90{units}"]
+    if entity is not None:
+        header += [f"{entity[0]} median", f"{entity[0]} p90"]
+    header += ["s_k = s_0 median", "s_k = s_0 p90"]
+    err_rows, judge_rows = [], []
+    for name, res in results["variants"].items():
+        label = "ensemble mean" + (" + project_state" if name == "projected" else "")
+        for r in res["steps"]:
+            row = [label, str(r["step"]), str(r["episodes"]), _f(r["median"]), _f(r["p90"])]
+            if entity is not None:
+                row += [_f(r["entity_median"]), _f(r["entity_p90"])]
+            row += [_f(r["static_median"]), _f(r["static_p90"])]
+            err_rows.append(row)
+        j = res["judge"]
+        votes = (f">= {j['min_votes']} of {j['members']} members"
+                 if j["members"] else "no members")
+        judge_rows.append([label, str(j["successful_episodes"]), _pct(j["real_states_recall"]),
+                           _pct(j["mean_chain_recall"]),
+                           votes, _pct(j["votes_recall"]), _f(j["mean_votes"], 2)])
+    dist = "distance" if not definition.state_units else f"distance in {definition.state_units}"
+    out = [f"Open-loop error of the real actions from the real s_0 (env {dist}, "
+           f"{results['episodes']} held-out episodes):", "",
+           _table(header, err_rows), "",
+           "Judged successful, real successful held-out episodes (label stage's rule):", "",
+           _table(["model", "real successes", "rule on the real states", "mean chain succeeds",
+                   "vote rule", "label rule succeeds (recall)", "mean votes"], judge_rows)]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------- inputs
+def _held_out(data: EpisodeData, ens: DynamicsEnsemble) -> EpisodeData:
+    _, val = split_episodes(len(data), ens.config.val_fraction, ens.config.seed)
+    want = ens.training.get("val_episodes")
+    if want is not None and want != len(val):
+        raise SystemExit(f"the ensemble's fit held out {want} episodes, the split of this data "
+                         f"gives {len(val)}: is it the data the ensemble was fitted on?")
+    if not len(val):
+        raise SystemExit("the ensemble was fitted without held-out episodes (val_fraction 0)")
+    return data.subset(val)
+
+
+def _collect(args: argparse.Namespace, folder: Path, definition: EnvDefinition
+             ) -> tuple[Path, float | None]:
+    from kalm.data.collect import CollectConfig, collect
+
+    path = folder / "real.h5"
+    if path.exists():
+        print(f"(reusing {path})", file=sys.stderr)
+        return path, None
+    policy = args.policy or DEFAULT_POLICY.get(definition.name, "expert")
+    cfg = CollectConfig(out=str(path), env=args.env, suite=args.suite, episodes=args.episodes,
+                        seed=args.seed, epsilon=args.epsilon, policy=policy,
+                        workers=args.workers)
+    t0 = time.perf_counter()
+    collect(cfg, progress=False)
+    return path, time.perf_counter() - t0
+
+
+def _fit_or_load(data: EpisodeData, definition: EnvDefinition, folder: Path | None
+                 ) -> tuple[DynamicsEnsemble, float | None]:
+    if folder is not None and (folder / META).exists():
+        print(f"(reusing {folder})", file=sys.stderr)
+        return DynamicsEnsemble.load(folder, data.spec), None
+    t0 = time.perf_counter()
+    ens = DynamicsEnsemble.fit(data, DynamicsConfig(), bounds=definition.clamp_box(),
+                               progress=False, threads=1)
+    wall = time.perf_counter() - t0
+    if folder is not None:
+        ens.save(folder)
+    return ens, wall
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_argument_group("inputs (one of --run, --data, --env with --episodes)")
+    src.add_argument("--run", help="a `kalm run` folder (RUN/dynamics, RUN/collect/real.h5)")
+    src.add_argument("--data", help="a real episode file")
+    src.add_argument("--dynamics", help="with --data: the ensemble fitted on it (else fitted)")
+    src.add_argument("--env", help="env string (default: the data's); with --episodes, collect")
+    src.add_argument("--episodes", type=int, help="collect this many expert episodes")
+    col = ap.add_argument_group("collection (with --episodes)")
+    col.add_argument("--workdir", help="keep real.h5 and dynamics/ here (reused when present)")
+    col.add_argument("--policy", help="default: expert:noise=mix for metaworld, else expert")
+    col.add_argument("--suite", default="train")
+    col.add_argument("--seed", type=int, default=1)
+    col.add_argument("--epsilon", type=float, default=0.0)
+    col.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--steps", type=int, nargs="+",
+                    help="open-loop steps (default: CLEVR 1 2 4 6, Meta-World 10 20 40 80)")
+    ap.add_argument("--min-votes", type=int, help="members that must agree (default: all K)")
+    ap.add_argument("--out", help="also write the numbers to this JSON file")
+    args = ap.parse_args(argv)
+    if sum(x is not None for x in (args.run, args.data, args.episodes)) != 1:
+        ap.error("give exactly one of --run, --data, --episodes (the last with --env)")
+    if args.episodes is not None and not args.env:
+        ap.error("--episodes needs --env")
+    if args.dynamics and not args.data:
+        ap.error("--dynamics goes with --data")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    timings: dict[str, float | None] = {}
+    tmp = None
+    try:
+        if args.episodes is not None:
+            definition = get_env(args.env)
+            if args.workdir:
+                folder = Path(args.workdir)
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                tmp = tempfile.TemporaryDirectory(prefix="kalm-world-model-")
+                folder = Path(tmp.name)
+            data_path, timings["collect_s"] = _collect(args, folder, definition)
+            data = read_episodes(data_path)
+            ens, timings["fit_s"] = _fit_or_load(
+                data, definition, folder / "dynamics" if args.workdir else None)
+            source = f"{args.episodes} episodes collected ({data_path})"
+        else:
+            if args.run:
+                data_path = Path(args.run) / "collect" / "real.h5"
+                dyn_path: Path | None = Path(args.run) / "dynamics"
+            else:
+                data_path = Path(args.data)
+                dyn_path = Path(args.dynamics) if args.dynamics else None
+            data = read_episodes(data_path)
+            definition = get_env(args.env or data.spec.env)
+            if dyn_path is not None:
+                ens = DynamicsEnsemble.load(dyn_path)
+                check_spec(ens.spec, data.spec, str(dyn_path), keys=("obs_dim", "action_type",
+                                                                     "action_dim"))
+            else:
+                ens, timings["fit_s"] = _fit_or_load(data, definition, None)
+            source = str(args.run or data_path)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    val = _held_out(data, ens)
+    steps = tuple(args.steps or DEFAULT_STEPS.get(definition.name, (1, 2, 4, 8)))
+    t0 = time.perf_counter()
+    variants = measure_variants(ens, definition, val, steps, args.min_votes)
+    timings["measure_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    results = {"source": source, "env": definition.name, "episodes": len(val),
+               "data_episodes": len(data), "members": ens.config.members,
+               "val_fraction": ens.config.val_fraction, "split_seed": ens.config.seed,
+               "steps_asked": list(steps), "variants": variants, "timings": timings,
+               "training": {k: v for k, v in ens.training.items() if k != "history"}}
+    print(f"{source}: env {definition.name}, {len(data)} episodes, {len(val)} held out by the "
+          f"fit (val_fraction {ens.config.val_fraction}, seed {ens.config.seed}), "
+          f"K={ens.config.members}")
+    print()
+    print(render(results, definition))
+    print()
+    print("wall s: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in timings.items()
+                                   if v is not None))
+    if args.out:
+        write_json(json.loads(json.dumps(results)), args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()
