@@ -283,3 +283,21 @@ def test_the_llm_prior_needs_proposals_and_bad_settings_are_refused():
         PlannerConfig(candidates=0)
     with pytest.raises(ValueError, match="elite_frac"):
         PlannerConfig(elite_frac=1.5)
+
+
+def test_a_rollout_outvoted_at_its_first_step_is_dropped_not_written(tmp_path):
+    # one step allowed; +1 brings the members' mean (0 + 1 + 1) / 3 to the goal, 0.5, but one
+    # member of three never moves: the label rule cuts the rollout before that step, leaving
+    # no transition
+    obs = np.zeros((2, 1), np.float32)
+    ep = Episode(obs, np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros(1, bool),
+                 "reach half", {"target": 0.5}, extras={"task_index": 0, "level": "hard"})
+    src = tmp_path / "imagined.h5"
+    write_episodes(EpisodeData.from_episodes([ep], CHAIN.episode_spec("chain"),
+                                             source="imagined"), src)
+    one_step = dataclasses.replace(CHAIN, max_steps=lambda goal: 1)
+    stats = plan_level(src, tmp_path / "out", ChainDynamics(members=3, liars=1), one_step,
+                       PlannerConfig(candidates=16, iterations=2, seed=0), progress=False,
+                       judge=ALL_VOTES)
+    assert stats["generated"] == 1 and stats["kept"] == {"all": 0, "success": 0}
+    assert not (tmp_path / "out" / "labelled.h5").exists()

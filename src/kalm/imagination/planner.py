@@ -475,7 +475,10 @@ def plan_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
     kept = sum(bool(e.extras["ensemble_success"]) for e in episodes)
     name = f"planner ({cfg.prior} prior)"
     attrs = {"proposer": name, **{f"planner_{k}": v for k, v in asdict(cfg).items()}}
-    return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
+    # a rollout outvoted or untrusted at its first step has no transition left: dropped, as
+    # the label stage drops it (still counted among the generated ones)
+    labelled = [e for e in episodes if e.length > 0]
+    return write_label_folder(out_dir, tasks.spec, episodes, labelled, "ensemble_success", attrs,
                               {"labeller": "ensemble", "proposer": name, "config": asdict(cfg),
                                "judge": asdict(judge), "source": imagined.name,
                                "tasks": len(tasks), "seconds": seconds,

@@ -204,7 +204,10 @@ def shoot_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
     seconds = time.perf_counter() - t0
     attrs = {"proposer": "random shooting", **{f"shooting_{k}": v
                                                for k, v in asdict(cfg).items()}}
-    return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
+    # a rollout outvoted or untrusted at its first step has no transition left: dropped, as
+    # the label stage drops it (still counted among the generated ones)
+    labelled = [e for e in episodes if e.length > 0]
+    return write_label_folder(out_dir, tasks.spec, episodes, labelled, "ensemble_success", attrs,
                               {"labeller": "ensemble", "proposer": "random shooting (no LLM)",
                                "config": asdict(cfg), "judge": asdict(judge),
                                "source": imagined.name, "tasks": len(tasks),
