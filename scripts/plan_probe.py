@@ -9,6 +9,13 @@ planner's defaults are chosen on these tables; the headline reports the test hal
 
     python scripts/plan_probe.py runs/plan/run --level hard --tasks 40 \
         --set prior=uniform --set prior=llm --set prior=uniform,horizon=30
+
+`--write DIR` instead plans every task of the level (both halves: RL learns from all of them)
+with the one setting given, into DIR in the label stage's layout, for `scripts/dev_ablation.py
+--labels DIR/labelled-success.h5` to train on:
+
+    python scripts/plan_probe.py runs/plan/run --level rephrase --set prior=llm,project=0 \
+        --write runs/abl/plan-llm-noproj-rephrase
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from kalm.data.episodes import read_episodes
 from kalm.data.suites import load_builtin_suite
 from kalm.envs.registry import get_env
 from kalm.imagination.dynamics import DynamicsEnsemble
-from kalm.imagination.planner import PlannerConfig, plan, proposals_by_task
+from kalm.imagination.planner import PlannerConfig, plan, plan_level, proposals_by_task
 from kalm.imagination.relabel import RelabelConfig, first_proposals
 from kalm.run_folder import DYNAMICS, imagined_data, load_run
 
@@ -51,7 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], dest="settings",
                     help="planner fields, e.g. prior=llm,candidates=500 (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    ap.add_argument("--write", type=Path, default=None,
+                    help="plan the whole level with the one --set into this label folder")
     args = ap.parse_args(argv)
+    if args.write is not None:
+        write_level(args)
+        return
 
     cfg = load_run(args.run)
     definition = get_env(cfg.env)
@@ -94,6 +106,21 @@ def main(argv: list[str] | None = None) -> None:
                                              for e in eps)}
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def write_level(args: argparse.Namespace) -> None:
+    if len(args.settings) != 1:
+        raise SystemExit("--write plans with exactly one --set")
+    cfg = load_run(args.run)
+    imagined = imagined_data(args.run, args.level)
+    spec = read_episodes(imagined).spec
+    pc = dataclasses.replace(cfg.planner, **parse_setting(args.settings[0]))
+    stats = plan_level(imagined, args.write, DynamicsEnsemble.load(args.run / DYNAMICS, spec=spec),
+                       get_env(cfg.env), pc, judge=RelabelConfig(min_votes=cfg.label.min_votes))
+    d = stats["diagnostic"]
+    print(f"{args.level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "
+          f"{d['replayed_successful_of_kept']} right on replay (diagnostic), "
+          f"{stats['cpu_seconds']:.0f} CPU-s -> {args.write}")
 
 
 if __name__ == "__main__":
