@@ -208,8 +208,11 @@ def write_label_folder(out_dir: str | Path, spec: EnvSpecInfo, generated: list[E
     """The label-folder layout that learners read, whoever proposed the rollouts: every
     LABELLED rollout and those whose VERDICT extra is true, each file written atomically (or
     removed when empty), and `label_stats.json` with INFO, the counts and the simulator
-    diagnostics over the GENERATED rollouts; returns the stats."""
+    diagnostics over the GENERATED rollouts; returns the stats. A labelled rollout with no
+    transition left (cut at its first step: outvoted or untrusted) is not written; it still
+    counts among the generated ones."""
     out_dir = Path(out_dir)
+    labelled = [e for e in labelled if e.length > 0]
     successful = [e for e in labelled if e.extras[verdict]]
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str | None] = {}

@@ -48,7 +48,7 @@ from kalm.data.episodes import Episode, EpisodeData, read_episodes
 from kalm.envs.base import EnvDefinition
 from kalm.envs.registry import make_env
 from kalm.imagination.labelling import write_label_folder
-from kalm.imagination.quality import replay_actions
+from kalm.imagination.quality import record_replay
 from kalm.imagination.relabel import (
     Dynamics,
     RelabelConfig,
@@ -445,9 +445,7 @@ def plan(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
             spent += time.process_time() - t0
             tried += result.candidates
             if replay:  # a diagnostic, outside the compute the row is charged
-                replayed = replay_actions(definition, env, goal, s0, ep.actions)
-                ep.extras["replayed"] = replayed is not None
-                ep.extras["replay_success"] = bool(replayed[1]) if replayed else False
+                record_replay(definition, env, ep, s0)
             out.append(ep)
     finally:
         env.close()
@@ -475,10 +473,7 @@ def plan_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
     kept = sum(bool(e.extras["ensemble_success"]) for e in episodes)
     name = f"planner ({cfg.prior} prior)"
     attrs = {"proposer": name, **{f"planner_{k}": v for k, v in asdict(cfg).items()}}
-    # a rollout outvoted or untrusted at its first step has no transition left: dropped, as
-    # the label stage drops it (still counted among the generated ones)
-    labelled = [e for e in episodes if e.length > 0]
-    return write_label_folder(out_dir, tasks.spec, episodes, labelled, "ensemble_success", attrs,
+    return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
                               {"labeller": "ensemble", "proposer": name, "config": asdict(cfg),
                                "judge": asdict(judge), "source": imagined.name,
                                "tasks": len(tasks), "seconds": seconds,

@@ -76,6 +76,16 @@ def replay_actions(definition: EnvDefinition, env: gym.Env, goal: Mapping[str, A
     return arr, bool(ok)
 
 
+def record_replay(definition: EnvDefinition, env: gym.Env, episode: Any, s0: np.ndarray
+                  ) -> None:
+    """Store on EPISODE (an `Episode` proposed from s0) whether its actions, replayed in the
+    simulator, reach its goal: `replayed` (False where the env cannot replay) and
+    `replay_success`. A diagnostic for the report; nothing chooses by it."""
+    replayed = replay_actions(definition, env, episode.goal, s0, episode.actions)
+    episode.extras["replayed"] = replayed is not None
+    episode.extras["replay_success"] = bool(replayed[1]) if replayed else False
+
+
 @dataclass
 class Assessment:
     """One rollout's checks; None where this env cannot produce the number."""
