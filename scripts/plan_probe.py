@@ -32,21 +32,16 @@ from kalm.data.episodes import read_episodes
 from kalm.data.suites import load_builtin_suite
 from kalm.envs.registry import get_env
 from kalm.imagination.dynamics import DynamicsEnsemble
-from kalm.imagination.planner import PlannerConfig, plan, plan_level, proposals_by_task
+from kalm.imagination.planner import plan, plan_level, planner_settings, proposals_by_task
 from kalm.imagination.relabel import RelabelConfig, first_proposals
 from kalm.run_folder import DYNAMICS, imagined_data, load_run
 
 
 def parse_setting(text: str) -> dict[str, object]:
-    out: dict[str, object] = {}
-    fields = {f.name: f.type for f in dataclasses.fields(PlannerConfig)}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        if key not in fields:
-            raise SystemExit(f"--set {text}: unknown planner field {key!r}; known: "
-                             f"{', '.join(fields)}")
-        out[key] = value if key == "prior" else (float(value) if "." in value else int(value))
-    return out
+    try:
+        return planner_settings(text)
+    except ValueError as exc:
+        raise SystemExit(f"--set {text}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

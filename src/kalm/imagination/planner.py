@@ -34,6 +34,7 @@ The simulator is used only for the replay diagnostic, recorded and never used to
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -108,6 +109,26 @@ class PlannerConfig:
     @property
     def elites(self) -> int:
         return max(2, round(self.candidates * self.elite_frac))
+
+
+def planner_settings(text: str) -> dict[str, Any]:
+    """`key=value,key=value` (a command line's planner settings) as PlannerConfig fields, each
+    converted to its field's type; an unknown key is an error naming the known ones."""
+    fields = {f.name: f for f in dataclasses.fields(PlannerConfig)}
+    defaults = PlannerConfig()
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in fields:
+            raise ValueError(f"planner setting {part!r}: unknown field {key!r}; known: "
+                             f"{', '.join(fields)}")
+        kind = type(getattr(defaults, key))
+        if kind is bool:
+            out[key] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            out[key] = kind(float(value)) if kind is int else kind(value.strip())
+    return out
 
 
 # ----------------------------------------------------------------------------- distributions
@@ -484,4 +505,5 @@ def plan_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
 
 
 __all__ = ["PRIORS", "Categorical", "Gaussian", "PlannerConfig", "llm_prior", "plan",
-           "plan_level", "plan_task", "proposals_by_task", "score_candidates", "uniform_prior"]
+           "plan_level", "plan_task", "planner_settings", "proposals_by_task", "score_candidates",
+           "uniform_prior"]

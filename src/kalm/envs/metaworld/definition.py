@@ -16,6 +16,7 @@ from kalm.envs import METAWORLD_ID
 from kalm.envs.base import EnvDefinition, EnvSpecInfo, RandomAgent
 from kalm.envs.metaworld.constants import ACTION_DIM, OBS_DIM, STATE_HIGH, STATE_LOW
 from kalm.envs.metaworld.goals import episode_successes, is_success, max_steps, validate_goal
+from kalm.envs.metaworld.projection import hold_structure
 from kalm.envs.metaworld.published import published_episode, published_goal
 from kalm.envs.metaworld.rewards import episode_rewards
 from kalm.envs.metaworld.tasks import LEVELS
@@ -78,5 +79,6 @@ METAWORLD = EnvDefinition(
     draw_state=_draw_state,
     published_goal=published_goal,
     published_episode=published_episode,
+    project_state=hold_structure,
     gym_id=METAWORLD_ID,
 )
