@@ -15,6 +15,11 @@ Settings:
   `runs/x/label1-{level}` made by `--relabel-first`).
 - `--relabel-first`: first label the greedy proposal of each task alone (best-of-1) with the
   run's label config, into OUT/label1-LEVEL, and learn from those.
+- `--min-votes K`: label every level again with K members' votes (OUT/label-mvK-LEVEL) and
+  learn from those.
+- `--labels 'RUN/label-{level}/labelled-success.h5'` with every level's file: KALM on every
+  level, however few rollouts it kept (`rl.min_kept_share` 0); with `labelled-all.h5`: CQL on
+  every labelled rollout (`rl.keep: all`).
 
     python scripts/dev_ablation.py runs/honest/run --algo cql --interval old --out runs/abl
     python scripts/dev_ablation.py runs/honest/run --algo cql --ratio 0.5 --out runs/abl
@@ -50,25 +55,34 @@ def results(cc, folder: Path, seed: int) -> dict[tuple[str, str], float]:
     return out
 
 
-def relabel_first(run: Path, cfg, out: Path) -> dict[str, str]:
-    """Best-of-1: the label stage on each task's greedy proposal alone; level -> the file
-    `rl.keep` reads (levels that keep too few are left out, as kalm_data does)."""
+def relabel(run: Path, cfg, out: Path, first_only: bool = False,
+            min_votes: int | None = None) -> dict[str, str]:
+    """The label stage again with one change: on each task's greedy proposal alone (best-of-1,
+    FIRST_ONLY) and/or with MIN_VOTES members' agreement; level -> the file `rl.keep` reads
+    (levels that keep too few are left out, as kalm_data does)."""
     from kalm.envs.registry import get_env
     from kalm.imagination.dynamics import DynamicsEnsemble
     from kalm.imagination.labelling import label_level, labelled_file
     from kalm.imagination.relabel import write_first_proposals
     from kalm.run_folder import DYNAMICS, too_few_kept
 
+    label_cfg = cfg.label if min_votes is None else dataclasses.replace(cfg.label,
+                                                                         min_votes=min_votes)
+    tag = ("label1" if first_only else "label") + (f"-mv{min_votes}" if min_votes else "")
     files = {}
     for lv in cfg.imagine.levels:
-        first = write_first_proposals(imagined_data(run, lv), first_proposals_data(run, lv))
-        folder = out / f"label1-{lv}"
+        source = imagined_data(run, lv)
+        if first_only:
+            source = write_first_proposals(source, first_proposals_data(run, lv))
+        folder = out / f"{tag}-{lv}"
         dyn = DynamicsEnsemble.load(run / DYNAMICS, spec=None)
-        stats = label_level(first, folder, cfg.label, get_env(cfg.env), dyn)
+        stats = label_level(source, folder, label_cfg, get_env(cfg.env), dyn)
         path = labelled_file(folder, "success")
         if path is not None and not too_few_kept(stats, "success", cfg.rl.min_kept_share):
             files[lv] = str(path)
-        print(f"best-of-1 {lv}: {stats['kept']['success']} of {stats['kept']['all']} kept")
+        d = stats.get("diagnostic", {})
+        print(f"{tag} {lv}: {stats['kept']['success']} of {stats['kept']['all']} kept, "
+              f"{d.get('replayed_successful_of_kept')} right on replay (diagnostic)")
     return files
 
 
@@ -81,6 +95,8 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=None)
     ap.add_argument("--labels", default=None)
     ap.add_argument("--relabel-first", action="store_true")
+    ap.add_argument("--min-votes", type=int, default=None,
+                    help="label every level again with this many members' votes")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--split", default="dev", choices=["dev", "test"],
@@ -100,9 +116,13 @@ def main() -> None:
     if args.ratio is not None:
         cc = dataclasses.replace(cc, imagined_ratio=args.ratio, level_ratios={})
         what.append(f"imagined share {args.ratio}")
-    if args.relabel_first:
-        cc = dataclasses.replace(cc, imagined=relabel_first(args.run, cfg, args.out))
-        what.append("best-of-1 (the greedy proposal, labelled alone)")
+    if args.relabel_first or args.min_votes is not None:
+        cc = dataclasses.replace(cc, imagined=relabel(args.run, cfg, args.out,
+                                                      args.relabel_first, args.min_votes))
+        if args.relabel_first:
+            what.append("best-of-1 (the greedy proposal, labelled alone)")
+        if args.min_votes is not None:
+            what.append(f"min_votes {args.min_votes}")
     elif args.labels:
         cc = dataclasses.replace(cc, imagined={
             lv: args.labels.format(level=lv) for lv in cfg.imagine.levels
