@@ -28,11 +28,15 @@ rerun).
     python benchmarks/world_model.py --run runs/plan/run
     python benchmarks/world_model.py --env metaworld --episodes 600 --workdir /tmp/wm-mw \\
         --steps 10 20 40 80 --out wm-mw.json
+    # the one-step fit beside an open-loop fit (DynamicsConfig.rollout_steps) on the same data
+    python benchmarks/world_model.py --run runs/plan/run --fit rollout_steps=4 \\
+        --fit-dir runs/plan/fits
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kalm.config import settings_from_text
 from kalm.data.episodes import EpisodeData, read_episodes
 from kalm.envs.base import EnvDefinition
 from kalm.envs.registry import get_env
@@ -148,11 +153,14 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
 
 
 def measure_variants(ens: DynamicsEnsemble, definition: EnvDefinition, val: EpisodeData,
-                     steps: Sequence[int], min_votes: int | None = None) -> dict[str, Any]:
-    """`measure` on the raw ensemble and, where the env has `project_state`, projected."""
-    variants = {"raw": ens}
+                     steps: Sequence[int], min_votes: int | None = None, fit: str = ""
+                     ) -> dict[str, Any]:
+    """`measure` on the raw ensemble and, where the env has `project_state`, projected; FIT
+    names a refitted variant (its `--fit` settings) in the keys."""
+    variants = {f"{fit}: raw" if fit else "raw": ens}
     if definition.project_state is not None:
-        variants["projected"] = ens.with_projection(definition.project_state)
+        variants[f"{fit}: projected" if fit else "projected"] = ens.with_projection(
+            definition.project_state)
     out = {}
     for name, model in variants.items():
         t0 = time.perf_counter()
@@ -185,7 +193,9 @@ def render(results: dict[str, Any], definition: EnvDefinition) -> str:
     header += ["s_k = s_0 median", "s_k = s_0 p90"]
     err_rows, judge_rows = [], []
     for name, res in results["variants"].items():
-        label = "ensemble mean" + (" + project_state" if name == "projected" else "")
+        fit, _, kind = name.rpartition(": ")
+        label = ("ensemble mean" + (f" ({fit})" if fit else "")
+                 + (" + project_state" if kind == "projected" else ""))
         for r in res["steps"]:
             row = [label, str(r["step"]), str(r["episodes"]), _f(r["median"]), _f(r["p90"])]
             if entity is not None:
@@ -237,13 +247,20 @@ def _collect(args: argparse.Namespace, folder: Path, definition: EnvDefinition
     return path, time.perf_counter() - t0
 
 
-def _fit_or_load(data: EpisodeData, definition: EnvDefinition, folder: Path | None
-                 ) -> tuple[DynamicsEnsemble, float | None]:
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "=._-" else "_" for c in text)
+
+
+def _fit_or_load(data: EpisodeData, definition: EnvDefinition, folder: Path | None,
+                 cfg: DynamicsConfig | None = None) -> tuple[DynamicsEnsemble, float | None]:
     if folder is not None and (folder / META).exists():
         print(f"(reusing {folder})", file=sys.stderr)
-        return DynamicsEnsemble.load(folder, data.spec), None
+        ens = DynamicsEnsemble.load(folder, data.spec)
+        if cfg is not None and ens.config != cfg:
+            raise SystemExit(f"{folder} holds an ensemble fitted with {ens.config}, not {cfg}")
+        return ens, None
     t0 = time.perf_counter()
-    ens = DynamicsEnsemble.fit(data, DynamicsConfig(), bounds=definition.clamp_box(),
+    ens = DynamicsEnsemble.fit(data, cfg or DynamicsConfig(), bounds=definition.clamp_box(),
                                progress=False, threads=1)
     wall = time.perf_counter() - t0
     if folder is not None:
@@ -270,6 +287,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, nargs="+",
                     help="open-loop steps (default: CLEVR 1 2 4 6, Meta-World 10 20 40 80)")
     ap.add_argument("--min-votes", type=int, help="members that must agree (default: all K)")
+    ap.add_argument("--fit", action="append", default=[], metavar="SETTINGS",
+                    help="also fit an ensemble with these DynamicsConfig fields changed, e.g. "
+                         "rollout_steps=4 (repeatable; same data and held-out episodes), and "
+                         "measure it beside the first")
+    ap.add_argument("--fit-dir", help="keep (and reuse) the --fit ensembles here, one folder "
+                                      "per setting")
     ap.add_argument("--out", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
     if sum(x is not None for x in (args.run, args.data, args.episodes)) != 1:
@@ -325,12 +348,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     variants = measure_variants(ens, definition, val, steps, args.min_votes)
     timings["measure_s"] = time.perf_counter() - t0
+    fits = {}
+    for text in args.fit:
+        changed = settings_from_text(DynamicsConfig, text, "--fit")
+        if {"val_fraction", "seed"} & set(changed):
+            raise SystemExit(f"--fit {text!r}: val_fraction and seed decide the held-out "
+                             "episodes; a comparison needs the same ones")
+        cfg = dataclasses.replace(ens.config, **changed)
+        folder = Path(args.fit_dir) / _slug(text) if args.fit_dir else None
+        refit, timings[f"fit {text}_s"] = _fit_or_load(data, definition, folder, cfg)
+        fits[text] = {"config": dataclasses.asdict(cfg), "training": {
+            k: v for k, v in refit.training.items() if k != "history"}}
+        t0 = time.perf_counter()
+        variants.update(measure_variants(refit, definition, val, steps, args.min_votes, text))
+        timings[f"measure {text}_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     results = {"source": source, "env": definition.name, "episodes": len(val),
                "data_episodes": len(data), "members": ens.config.members,
                "val_fraction": ens.config.val_fraction, "split_seed": ens.config.seed,
                "steps_asked": list(steps), "variants": variants, "timings": timings,
-               "training": {k: v for k, v in ens.training.items() if k != "history"}}
+               "training": {k: v for k, v in ens.training.items() if k != "history"},
+               "fits": fits}
     print(f"{source}: env {definition.name}, {len(data)} episodes, {len(val)} held out by the "
           f"fit (val_fraction {ens.config.val_fraction}, seed {ens.config.seed}), "
           f"K={ens.config.members}")

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", type=int, default=None, help="a random subset of this many")
     ap.add_argument("--set", action="append", default=[], dest="settings",
                     help="planner fields, e.g. prior=llm,candidates=500 (repeatable)")
+    ap.add_argument("--dynamics", type=Path, default=None,
+                    help="plan on this ensemble instead of RUN/dynamics (fitted on the run's "
+                         "real data, e.g. by benchmarks/world_model.py --fit)")
     ap.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     ap.add_argument("--write", type=Path, default=None,
                     help="plan the whole level with the one --set into this label folder")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         keep = sorted(np.random.default_rng(0).choice(keep, args.tasks, replace=False))
     tasks = tasks.subset(np.asarray(keep))
     proposals = proposals_by_task(data)
-    dynamics = DynamicsEnsemble.load(args.run / DYNAMICS, spec=data.spec)
+    dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS, spec=data.spec)
     judge = RelabelConfig(min_votes=cfg.label.min_votes)
     print(f"{args.level} ({args.split} half): {len(tasks)} tasks; judge min_votes "
           f"{judge.min_votes}")
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{int(usage['candidates'])} | {wall:.0f} |", flush=True)
         if args.out is not None:
             row = {"run": str(args.run), "level": args.level, "split": args.split,
+                   "dynamics": str(args.dynamics or args.run / DYNAMICS),
                    "tasks": len(eps), "setting": text, "config": dataclasses.asdict(pc),
                    "kept": len(kept), "right": right, "cpu_seconds": cpu,
                    "candidates": int(usage["candidates"]), "wall_s": wall,
@@ -110,7 +114,8 @@ def write_level(args: argparse.Namespace) -> None:
     imagined = imagined_data(args.run, args.level)
     spec = read_episodes(imagined).spec
     pc = dataclasses.replace(cfg.planner, **parse_setting(args.settings[0]))
-    stats = plan_level(imagined, args.write, DynamicsEnsemble.load(args.run / DYNAMICS, spec=spec),
+    dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS, spec=spec)
+    stats = plan_level(imagined, args.write, dynamics,
                        get_env(cfg.env), pc, judge=RelabelConfig(min_votes=cfg.label.min_votes))
     d = stats["diagnostic"]
     print(f"{args.level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "

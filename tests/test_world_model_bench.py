@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from kalm.data.episodes import EpisodeData, write_episodes
 from kalm.envs.base import EnvDefinition, EnvSpecInfo
@@ -94,3 +95,26 @@ def test_main_on_files(tmp_path, capsys):
     steps = res["variants"]["raw"]["steps"]
     assert 0 < steps[0]["median"] < steps[0]["static_median"]  # fitted: small, not zero
     assert json.loads(out.read_text())["variants"]["raw"]["judge"]["members"] == 3
+
+
+def test_main_fits_a_variant_beside_the_first_on_the_same_held_out_episodes(tmp_path, capsys):
+    bench, data = _bench(), goal_data()
+    write_episodes(data, tmp_path / "real.h5")
+    DynamicsEnsemble.fit(data, SMALL, progress=False).save(tmp_path / "dyn")
+    argv = ["--data", str(tmp_path / "real.h5"), "--dynamics", str(tmp_path / "dyn"),
+            "--env", f"{Path(__file__).resolve()}:LINEAR", "--steps", "1", "3",
+            "--fit", "rollout_steps=3,epochs=3", "--fit-dir", str(tmp_path / "fits")]
+    res = bench.main(argv)
+    assert set(res["variants"]) == {"raw", "rollout_steps=3,epochs=3: raw"}
+    assert res["fits"]["rollout_steps=3,epochs=3"]["config"]["rollout_steps"] == 3
+    printed = capsys.readouterr().out
+    assert "| ensemble mean (rollout_steps=3,epochs=3) | 3 | " in printed
+    saved = tmp_path / "fits" / "rollout_steps=3_epochs=3"
+    assert (saved / "dynamics.json").is_file()
+    again = bench.main(argv)  # the kept fit is reused, and measures the same
+    for k in res["variants"]:
+        assert again["variants"][k]["steps"] == res["variants"][k]["steps"]
+    with pytest.raises(SystemExit, match="held-out"):
+        bench.main(argv[:-4] + ["--fit", "seed=3"])
+    with pytest.raises(ValueError, match="unknown field 'hiddenn'"):
+        bench.main(argv[:-4] + ["--fit", "hiddenn=3"])

@@ -112,6 +112,34 @@ def load_yaml(cls: type[C], path: str | Path, section: str | None = None,
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def settings_from_text(cls: type, text: str, what: str = "setting") -> dict[str, Any]:
+    """`key=value,key=value` (a command line's overrides of a config dataclass CLS) as fields,
+    each converted to the type of its field's default (`none` for None where the default is
+    None or a number); an unknown key is an error naming the known ones."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if key not in fields:
+            raise ConfigError(f"{what} {part!r}: unknown field {key!r}; known: "
+                              f"{', '.join(fields)}")
+        default = getattr(defaults, key)
+        if value.lower() in ("none", "null") and (default is None
+                                                  or isinstance(default, int | float)):
+            out[key] = None
+        elif isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            out[key] = int(float(value))
+        elif default is None or isinstance(default, float):
+            out[key] = float(value)
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

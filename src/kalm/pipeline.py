@@ -207,7 +207,8 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
 # Fields added after run folders existed, hashed only when set to something else, so that
 # adding an option does not make every finished stage look changed.
 LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None,
-                                "head_lr_scale": 1.0, "min_votes": None, "env_version": 1}
+                                "head_lr_scale": 1.0, "min_votes": None, "env_version": 1,
+                                "rollout_steps": 1}
 # the same for fields of the grounding's `model` section
 LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21}
 # Settings that change speed or placement, never results.
@@ -315,7 +316,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             ens.save(folder)
             return [folder / WEIGHTS, folder / META]
 
-        stages.append(Stage(DYNAMICS, to_dict(cfg.dynamics), [COLLECT], run_dynamics))
+        stages.append(Stage(DYNAMICS, _hashed(to_dict(cfg.dynamics)), [COLLECT],
+                            run_dynamics))
 
     def run_ground(folder: Path) -> list[Path]:
         from kalm.llm.train import ground

@@ -81,6 +81,11 @@ class DynamicsConfig:
     val_fraction: float = 0.1  # of the episodes, held out for early stopping and diagnostics
     seed: int = 0
     patience: int | None = 5  # epochs without improvement of any member; None: fixed epochs
+    # steps each member is trained to predict open loop from a real state, on its own
+    # predictions (backpropagated through the chain); early stopping then watches the held-out
+    # error over the same number of steps. 1: the one-step fit. The planner trusts many-step
+    # predictions, which a one-step fit never sees (its errors compound off the data)
+    rollout_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,20 @@ def transitions(data: EpisodeData, episodes: Sequence[int] | np.ndarray | None =
                        data.actions[eps, steps],
                        data.observations[eps, steps + 1].astype(np.float32),
                        eps.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Real windows for the open-loop loss, standardised: a start state, the actions taken
+    from it and the real states they led to, with a mask past each episode's end."""
+
+    s0: torch.Tensor  # (M, obs)
+    actions: torch.Tensor  # (M, H, action_dim) encoded
+    next_states: torch.Tensor  # (M, H, obs)
+    mask: torch.Tensor  # (M, H) bool
+
+    def __len__(self) -> int:
+        return len(self.s0)
 
 
 class _BatchedMLP(nn.Module):
@@ -201,6 +220,8 @@ class DynamicsEnsemble:
         cfg = cfg or DynamicsConfig()
         if cfg.members < 1 or cfg.layers < 0 or cfg.hidden < 1 or cfg.batch_size < 1:
             raise ValueError(f"invalid DynamicsConfig {cfg}")
+        if cfg.rollout_steps < 1:
+            raise ValueError(f"dynamics rollout_steps must be >= 1, got {cfg.rollout_steps}")
         if data.source != "real":
             raise ValueError(f"the dynamics ensemble learns from real episodes only, got "
                              f"{data.source!r} data")
@@ -218,10 +239,16 @@ class DynamicsEnsemble:
         sizes = [in_dim] + [cfg.hidden] * cfg.layers + [spec.obs_dim]
         ens = cls(spec, cfg, normaliser, _BatchedMLP(cfg.members, sizes, gen), box,
                   threads=threads)
-        x_tr, y_tr = ens._inputs(tr.states, tr.actions), ens._targets(tr.states, tr.next_states)
-        x_va, y_va = ens._inputs(va.states, va.actions), ens._targets(va.states, va.next_states)
         with torch_threads(threads):
-            ens.training = ens._train(x_tr, y_tr, x_va, y_va, gen, progress)
+            if cfg.rollout_steps == 1:
+                x_tr = ens._inputs(tr.states, tr.actions)
+                y_tr = ens._targets(tr.states, tr.next_states)
+                x_va = ens._inputs(va.states, va.actions)
+                y_va = ens._targets(va.states, va.next_states)
+                ens.training = ens._train(x_tr, y_tr, x_va, y_va, gen, progress)
+            else:
+                ens.training = ens._train(ens._windows(data, train_eps), None,
+                                          ens._windows(data, val_eps), None, gen, progress)
         ens.training.update(train_episodes=len(train_eps), val_episodes=len(val_eps),
                             train_transitions=len(tr), val_transitions=len(va))
         if len(va):  # what "in distribution" means, for choosing a truncation threshold
@@ -230,8 +257,10 @@ class DynamicsEnsemble:
                 str(q): float(np.quantile(u, q)) for q in UNCERTAINTY_QUANTILES}
         return ens
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
-               y_val: torch.Tensor, gen: torch.Generator, progress: bool) -> dict[str, Any]:
+    def _train(self, x: torch.Tensor | _Windows, y: torch.Tensor | None,
+               x_val: torch.Tensor | _Windows, y_val: torch.Tensor | None,
+               gen: torch.Generator, progress: bool) -> dict[str, Any]:
+        """One-step pairs (x, y), or windows of real steps (y None) for the open-loop loss."""
         cfg, k, n = self.config, self.config.members, len(x)
         boot = torch.randint(n, (k, n), generator=gen)  # each member's own resample
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -248,7 +277,10 @@ class DynamicsEnsemble:
             total, steps = 0.0, 0
             for i in range(0, n, cfg.batch_size):
                 rows = boot.gather(1, order[:, i : i + cfg.batch_size])  # (K, b)
-                loss = ((self.net(x[rows]) - y[rows]) ** 2).mean(dim=(1, 2)).sum()
+                if isinstance(x, _Windows):
+                    loss = self._open_loop_loss(x, rows).sum()
+                else:
+                    loss = ((self.net(x[rows]) - y[rows]) ** 2).mean(dim=(1, 2)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -282,13 +314,62 @@ class DynamicsEnsemble:
                 "best_epoch": [int(v) for v in best_epoch] if has_val else None}
 
     @torch.no_grad()
-    def _val_mse(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    def _val_mse(self, x: torch.Tensor | _Windows, y: torch.Tensor | None, chunk: int = 8192
+                 ) -> torch.Tensor:
         k = self.config.members
+        if isinstance(x, _Windows):  # every member on every held-out window
+            sums, weight = torch.zeros(k), 0.0
+            for i in range(0, len(x), chunk):
+                rows = torch.arange(i, min(i + chunk, len(x))).expand(k, -1)
+                part = x.mask[i : i + chunk].sum()
+                sums += self._open_loop_loss(x, rows) * float(part)
+                weight += float(part)
+            return sums / max(weight, 1.0)
         sums = torch.zeros(k)
         for i in range(0, len(x), chunk):
             xb = x[i : i + chunk].unsqueeze(0).expand(k, -1, -1)
             sums += ((self.net(xb) - y[i : i + chunk]) ** 2).mean(-1).sum(-1)
         return sums / max(len(x), 1)
+
+    def _windows(self, data: EpisodeData, episodes: np.ndarray) -> _Windows:
+        """Every real step of EPISODES as the start of a window of `rollout_steps` steps
+        (shorter where the episode ends: those steps are masked), standardised."""
+        h = self.config.rollout_steps
+        idx = np.asarray(episodes, dtype=np.int64)
+        t_max = data.actions.shape[1]
+        lengths = data.lengths[idx]
+        rows, starts = np.nonzero(np.arange(t_max)[None, :] < lengths[:, None])
+        eps = idx[rows]
+        offs = np.arange(h)[None, :]
+        mask = (starts[:, None] + offs) < lengths[rows, None]  # (M, H)
+        at = np.minimum(starts[:, None] + offs, t_max - 1)  # clipped: masked anyway
+        n = self.normaliser
+        s0 = (data.observations[eps, starts].astype(np.float32) - n.state_mean) / n.state_std
+        nxt = data.observations[eps[:, None], np.minimum(at + 1, data.observations.shape[1] - 1)]
+        nxt = (nxt.astype(np.float32) - n.state_mean) / n.state_std
+        acts = data.actions[eps[:, None], at]
+        enc = self._encode_actions(acts.reshape(len(eps) * h, *acts.shape[2:]), len(eps) * h)
+        return _Windows(torch.from_numpy(s0.astype(np.float32)),
+                        torch.from_numpy(enc.reshape(len(eps), h, self.spec.action_dim)),
+                        torch.from_numpy(nxt.astype(np.float32)),
+                        torch.from_numpy(mask))
+
+    def _open_loop_loss(self, w: _Windows, rows: torch.Tensor) -> torch.Tensor:
+        """(K,) each member's mean squared error over its own open-loop chain of the windows
+        ROWS (K, b), in standardised-delta units (its first step is the one-step loss)."""
+        n = self.normaliser
+        s_std, d_std = torch.from_numpy(n.state_std), torch.from_numpy(n.delta_std)
+        d_mean = torch.from_numpy(n.delta_mean)
+        to_delta = s_std / d_std  # a standardised-state difference in delta units
+        state = w.s0[rows]  # (K, b, obs) standardised
+        mask = w.mask[rows].float()  # (K, b, H)
+        total = torch.zeros(rows.shape[0])
+        for j in range(w.actions.shape[1]):
+            z = self.net(torch.cat([state, w.actions[rows, j]], dim=-1))
+            state = state + (z * d_std + d_mean) / s_std
+            err = (((state - w.next_states[rows, j]) * to_delta) ** 2).mean(-1)  # (K, b)
+            total = total + (err * mask[..., j]).sum(-1)
+        return total / mask.sum(dim=(1, 2)).clamp_min(1.0)
 
     # ------------------------------------------------------------------ encoding
     def _inputs(self, states: np.ndarray, actions: np.ndarray) -> torch.Tensor:
@@ -297,21 +378,28 @@ class DynamicsEnsemble:
             raise ValueError(f"states must have shape (B, {self.spec.obs_dim}), got {s.shape}")
         n = self.normaliser
         s = (s - n.state_mean) / n.state_std
+        enc = self._encode_actions(actions, len(s))
+        return torch.from_numpy(np.concatenate([s, enc], axis=1))
+
+    def _encode_actions(self, actions: np.ndarray, rows: int) -> np.ndarray:
+        """(rows, action_dim) float32: one-hot for discrete actions, raw for continuous."""
         a = np.asarray(actions)
         if self.spec.action_type == "discrete":
             a = a.reshape(-1)
-            if len(a) != len(s):
-                raise ValueError(f"{len(a)} actions for {len(s)} states")
+            if len(a) != rows:
+                raise ValueError(f"{len(a)} actions for {rows} states")
             if a.size and (a.min() < 0 or a.max() >= self.spec.action_dim):
                 raise ValueError(f"discrete actions must lie in [0, {self.spec.action_dim})")
             enc = np.zeros((len(a), self.spec.action_dim), dtype=np.float32)
             enc[np.arange(len(a)), a.astype(np.int64)] = 1.0
-        else:
-            enc = a.astype(np.float32).reshape(len(s), -1)
-            if enc.shape[1] != self.spec.action_dim:
-                raise ValueError(f"continuous actions must have {self.spec.action_dim} values, "
-                                 f"got {enc.shape[1]}")
-        return torch.from_numpy(np.concatenate([s, enc], axis=1))
+            return enc
+        if rows == 0:
+            return np.zeros((0, self.spec.action_dim), np.float32)
+        enc = a.astype(np.float32).reshape(rows, -1)
+        if enc.shape[1] != self.spec.action_dim:
+            raise ValueError(f"continuous actions must have {self.spec.action_dim} values, "
+                             f"got {enc.shape[1]}")
+        return enc
 
     def _targets(self, states: np.ndarray, next_states: np.ndarray) -> torch.Tensor:
         n = self.normaliser

@@ -34,7 +34,6 @@ The simulator is used only for the replay diagnostic, recorded and never used to
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +44,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+from kalm.config import settings_from_text
 from kalm.data.episodes import Episode, EpisodeData, read_episodes
 from kalm.envs.base import EnvDefinition
 from kalm.envs.registry import make_env
@@ -112,23 +112,8 @@ class PlannerConfig:
 
 
 def planner_settings(text: str) -> dict[str, Any]:
-    """`key=value,key=value` (a command line's planner settings) as PlannerConfig fields, each
-    converted to its field's type; an unknown key is an error naming the known ones."""
-    fields = {f.name: f for f in dataclasses.fields(PlannerConfig)}
-    defaults = PlannerConfig()
-    out: dict[str, Any] = {}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        key = key.strip()
-        if key not in fields:
-            raise ValueError(f"planner setting {part!r}: unknown field {key!r}; known: "
-                             f"{', '.join(fields)}")
-        kind = type(getattr(defaults, key))
-        if kind is bool:
-            out[key] = value.strip().lower() in ("1", "true", "yes", "on")
-        else:
-            out[key] = kind(float(value)) if kind is int else kind(value.strip())
-    return out
+    """`key=value,key=value` (a command line's planner settings) as PlannerConfig fields."""
+    return settings_from_text(PlannerConfig, text, "planner setting")
 
 
 # ----------------------------------------------------------------------------- distributions
