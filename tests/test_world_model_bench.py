@@ -115,6 +115,6 @@ def test_main_fits_a_variant_beside_the_first_on_the_same_held_out_episodes(tmp_
     for k in res["variants"]:
         assert again["variants"][k]["steps"] == res["variants"][k]["steps"]
     with pytest.raises(SystemExit, match="held-out"):
-        bench.main(argv[:-4] + ["--fit", "seed=3"])
+        bench.main([*argv[:-4], "--fit", "seed=3"])
     with pytest.raises(ValueError, match="unknown field 'hiddenn'"):
-        bench.main(argv[:-4] + ["--fit", "hiddenn=3"])
+        bench.main([*argv[:-4], "--fit", "hiddenn=3"])
