@@ -23,23 +23,16 @@ from torch import nn
 
 from kalm.data.episodes import read_episodes
 from kalm.envs.registry import get_env
-from kalm.imagination.dynamics import split_episodes
+from kalm.imagination.dynamics import encode_actions, split_episodes, transitions
 
 
 def pairs(data, episodes: np.ndarray, history: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    t_max = data.actions.shape[1]
-    rows, steps = np.nonzero(np.arange(t_max)[None] < data.lengths[episodes, None])
-    eps = episodes[rows]
-    s = data.observations[eps, steps].astype(np.float32)
-    prev = data.observations[eps, np.maximum(steps - 1, 0)].astype(np.float32)
-    nxt = data.observations[eps, steps + 1].astype(np.float32)
-    a = np.zeros((len(eps), data.spec.action_dim), np.float32)
-    if data.spec.action_type == "discrete":
-        a[np.arange(len(eps)), data.actions[eps, steps].astype(np.int64)] = 1.0
-    else:
-        a = data.actions[eps, steps].astype(np.float32)
-    parts = [s, s - prev, a] if history else [s, a]
-    return np.concatenate(parts, 1), nxt - s, s
+    """Inputs, targets (s_t+1 - s_t) and states s_t of every transition of EPISODES."""
+    tr = transitions(data, episodes)
+    at = data.observations[tr.episodes, np.maximum(tr.steps - 1, 0)].astype(np.float32)
+    a = encode_actions(data.spec, tr.actions, len(tr))
+    parts = [tr.states, tr.states - at, a] if history else [tr.states, a]
+    return np.concatenate(parts, 1), tr.next_states - tr.states, tr.states
 
 
 def fit_and_score(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray,

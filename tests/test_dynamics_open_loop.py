@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from kalm.imagination.dynamics import DynamicsConfig, DynamicsEnsemble, split_episodes
+from kalm.imagination.dynamics import (
+    DynamicsConfig,
+    DynamicsEnsemble,
+    split_episodes,
+    transitions,
+)
 from kalm.pipeline import _hashed
 from test_dynamics import OBS, SMALL, continuous_data, linear_data
 
@@ -22,7 +27,7 @@ def test_windows_follow_each_episode_and_mask_past_its_end():
     data = linear_data(n=12, t=6, seed=3)
     ens = DynamicsEnsemble.fit(data, _brief(replace(SMALL, rollout_steps=3)), progress=False)
     episodes = np.arange(len(data))
-    w = ens._windows(data, episodes)
+    w = ens._windows(data, transitions(data, episodes))
     assert len(w) == int(data.lengths.sum())  # one window per real step
     n = ens.normaliser
     row = 0
@@ -46,7 +51,7 @@ def test_continuous_windows_carry_the_raw_actions():
     data = continuous_data(n=6, t=5)
     ens = DynamicsEnsemble.fit(data, _brief(replace(SMALL, rollout_steps=2, val_fraction=0.0)),
                                progress=False)
-    w = ens._windows(data, np.arange(6))
+    w = ens._windows(data, transitions(data, np.arange(6)))
     assert w.actions.shape == (30, 2, 2)
     assert np.allclose(w.actions[0, 1].numpy(), data.actions[0, 1])
     assert not bool(w.mask[4, 1]) and bool(w.mask[3, 1])  # episode 0 ends after step 4
@@ -56,10 +61,8 @@ def test_the_first_step_of_the_open_loop_loss_is_the_one_step_loss():
     data = linear_data(n=40, seed=5)
     ens = DynamicsEnsemble.fit(data, _brief(SMALL), progress=False)
     one = replace(ens, config=replace(ens.config, rollout_steps=1))
-    w = one._windows(data, np.arange(len(data)))
+    w = one._windows(data, transitions(data))
     rows = torch.stack([torch.arange(50), torch.arange(50, 100), torch.arange(100, 150)])
-    from kalm.imagination.dynamics import transitions
-
     tr = transitions(data)
     x, y = one._inputs(tr.states, tr.actions), one._targets(tr.states, tr.next_states)
     with torch.no_grad():

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
+from benchmark_module import load_benchmark
 from test_dynamics import linear_data
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "history_probe.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("history_probe", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("history_probe")
 
 
 def test_inputs_hold_the_state_the_last_motion_and_the_action():

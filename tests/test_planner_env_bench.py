@@ -5,27 +5,22 @@ and reports counts that add up."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
+from benchmark_module import load_benchmark
 from kalm.data.collect import CollectConfig, collect
 from kalm.data.suites import load_builtin_suite
 from kalm.envs.registry import get_env, make_env
 from kalm.imagination.dynamics import DynamicsEnsemble
 from test_dynamics import SMALL
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "planner_env.py"
 CLEVR = get_env("clevr")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("planner_env_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("planner_env")
 
 
 def test_tasks_come_from_the_dev_half_with_unsolved_reproducible_starts():

@@ -4,26 +4,21 @@ from files through `main` gives one table row per step and variant."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmark_module import load_benchmark
 from kalm.data.episodes import EpisodeData, write_episodes
 from kalm.envs.base import EnvDefinition, EnvSpecInfo
 from kalm.imagination.dynamics import DynamicsEnsemble
 from test_dynamics import ACTS, OBS, SMALL, linear_data, linear_step
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "world_model.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("world_model_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("world_model")
 
 
 def _reached(goal, obs) -> bool:

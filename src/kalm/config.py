@@ -114,8 +114,8 @@ def load_yaml(cls: type[C], path: str | Path, section: str | None = None,
 
 def settings_from_text(cls: type, text: str, what: str = "setting") -> dict[str, Any]:
     """`key=value,key=value` (a command line's overrides of a config dataclass CLS) as fields,
-    each converted to the type of its field's default (`none` for None where the default is
-    None or a number); an unknown key is an error naming the known ones."""
+    each converted to the type of its field's default (`none` for None where the field's type
+    admits None); an unknown key is an error naming the known ones."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     defaults = cls()
     out: dict[str, Any] = {}
@@ -126,8 +126,7 @@ def settings_from_text(cls: type, text: str, what: str = "setting") -> dict[str,
             raise ConfigError(f"{what} {part!r}: unknown field {key!r}; known: "
                               f"{', '.join(fields)}")
         default = getattr(defaults, key)
-        if value.lower() in ("none", "null") and (default is None
-                                                  or isinstance(default, int | float)):
+        if value.lower() in ("none", "null") and "None" in str(fields[key].type):
             out[key] = None
         elif isinstance(default, bool):
             out[key] = value.lower() in ("1", "true", "yes", "on")

@@ -40,7 +40,8 @@ from kalm.io import write_json
 from kalm.llm.train import split_episodes  # the grounding split: same held-out episodes
 
 __all__ = ["DynamicsConfig", "DynamicsEnsemble", "DynamicsFileError", "Normaliser",
-           "Transitions", "check_spec", "split_episodes", "torch_threads", "transitions"]
+           "Transitions", "check_spec", "encode_actions", "split_episodes", "torch_threads",
+           "transitions"]
 
 FORMAT = "kalm-dynamics-1"
 WEIGHTS = "dynamics.safetensors"
@@ -96,6 +97,7 @@ class Transitions:
     actions: np.ndarray  # (M,) int64 | (M, act) float32
     next_states: np.ndarray  # (M, obs) float32
     episodes: np.ndarray  # (M,) int64, index into the EpisodeData
+    steps: np.ndarray  # (M,) int64, the time step t within its episode
 
     def __len__(self) -> int:
         return len(self.states)
@@ -112,7 +114,29 @@ def transitions(data: EpisodeData, episodes: Sequence[int] | np.ndarray | None =
     return Transitions(data.observations[eps, steps].astype(np.float32),
                        data.actions[eps, steps],
                        data.observations[eps, steps + 1].astype(np.float32),
-                       eps.astype(np.int64))
+                       eps.astype(np.int64), steps.astype(np.int64))
+
+
+def encode_actions(spec: EnvSpecInfo, actions: np.ndarray, rows: int) -> np.ndarray:
+    """(rows, action_dim) float32 model inputs: one-hot for discrete actions, raw for
+    continuous ones."""
+    a = np.asarray(actions)
+    if spec.action_type == "discrete":
+        a = a.reshape(-1)
+        if len(a) != rows:
+            raise ValueError(f"{len(a)} actions for {rows} states")
+        if a.size and (a.min() < 0 or a.max() >= spec.action_dim):
+            raise ValueError(f"discrete actions must lie in [0, {spec.action_dim})")
+        enc = np.zeros((len(a), spec.action_dim), dtype=np.float32)
+        enc[np.arange(len(a)), a.astype(np.int64)] = 1.0
+        return enc
+    if rows == 0:
+        return np.zeros((0, spec.action_dim), np.float32)
+    enc = a.astype(np.float32).reshape(rows, -1)
+    if enc.shape[1] != spec.action_dim:
+        raise ValueError(f"continuous actions must have {spec.action_dim} values, "
+                         f"got {enc.shape[1]}")
+    return enc
 
 
 @dataclass(frozen=True)
@@ -247,8 +271,8 @@ class DynamicsEnsemble:
                 y_va = ens._targets(va.states, va.next_states)
                 ens.training = ens._train(x_tr, y_tr, x_va, y_va, gen, progress)
             else:
-                ens.training = ens._train(ens._windows(data, train_eps), None,
-                                          ens._windows(data, val_eps), None, gen, progress)
+                ens.training = ens._train(ens._windows(data, tr), None,
+                                          ens._windows(data, va), None, gen, progress)
         ens.training.update(train_episodes=len(train_eps), val_episodes=len(val_eps),
                             train_transitions=len(tr), val_transitions=len(va))
         if len(va):  # what "in distribution" means, for choosing a truncation threshold
@@ -331,24 +355,23 @@ class DynamicsEnsemble:
             sums += ((self.net(xb) - y[i : i + chunk]) ** 2).mean(-1).sum(-1)
         return sums / max(len(x), 1)
 
-    def _windows(self, data: EpisodeData, episodes: np.ndarray) -> _Windows:
-        """Every real step of EPISODES as the start of a window of `rollout_steps` steps
-        (shorter where the episode ends: those steps are masked), standardised."""
+    def _windows(self, data: EpisodeData, tr: Transitions) -> _Windows:
+        """Every real transition of TR (from `transitions`) as the start of a window of
+        `rollout_steps` steps (shorter where the episode ends: those steps are masked),
+        standardised."""
         h = self.config.rollout_steps
-        idx = np.asarray(episodes, dtype=np.int64)
         t_max = data.actions.shape[1]
-        lengths = data.lengths[idx]
-        rows, starts = np.nonzero(np.arange(t_max)[None, :] < lengths[:, None])
-        eps = idx[rows]
+        eps, starts = tr.episodes, tr.steps
         offs = np.arange(h)[None, :]
-        mask = (starts[:, None] + offs) < lengths[rows, None]  # (M, H)
+        mask = (starts[:, None] + offs) < data.lengths[eps, None]  # (M, H)
         at = np.minimum(starts[:, None] + offs, t_max - 1)  # clipped: masked anyway
         n = self.normaliser
-        s0 = (data.observations[eps, starts].astype(np.float32) - n.state_mean) / n.state_std
-        nxt = data.observations[eps[:, None], np.minimum(at + 1, data.observations.shape[1] - 1)]
+        s0 = (tr.states - n.state_mean) / n.state_std
+        nxt = data.observations[eps[:, None], at + 1]
         nxt = (nxt.astype(np.float32) - n.state_mean) / n.state_std
         acts = data.actions[eps[:, None], at]
-        enc = self._encode_actions(acts.reshape(len(eps) * h, *acts.shape[2:]), len(eps) * h)
+        enc = encode_actions(self.spec, acts.reshape(len(eps) * h, *acts.shape[2:]),
+                             len(eps) * h)
         return _Windows(torch.from_numpy(s0.astype(np.float32)),
                         torch.from_numpy(enc.reshape(len(eps), h, self.spec.action_dim)),
                         torch.from_numpy(nxt.astype(np.float32)),
@@ -378,28 +401,8 @@ class DynamicsEnsemble:
             raise ValueError(f"states must have shape (B, {self.spec.obs_dim}), got {s.shape}")
         n = self.normaliser
         s = (s - n.state_mean) / n.state_std
-        enc = self._encode_actions(actions, len(s))
+        enc = encode_actions(self.spec, actions, len(s))
         return torch.from_numpy(np.concatenate([s, enc], axis=1))
-
-    def _encode_actions(self, actions: np.ndarray, rows: int) -> np.ndarray:
-        """(rows, action_dim) float32: one-hot for discrete actions, raw for continuous."""
-        a = np.asarray(actions)
-        if self.spec.action_type == "discrete":
-            a = a.reshape(-1)
-            if len(a) != rows:
-                raise ValueError(f"{len(a)} actions for {rows} states")
-            if a.size and (a.min() < 0 or a.max() >= self.spec.action_dim):
-                raise ValueError(f"discrete actions must lie in [0, {self.spec.action_dim})")
-            enc = np.zeros((len(a), self.spec.action_dim), dtype=np.float32)
-            enc[np.arange(len(a)), a.astype(np.int64)] = 1.0
-            return enc
-        if rows == 0:
-            return np.zeros((0, self.spec.action_dim), np.float32)
-        enc = a.astype(np.float32).reshape(rows, -1)
-        if enc.shape[1] != self.spec.action_dim:
-            raise ValueError(f"continuous actions must have {self.spec.action_dim} values, "
-                             f"got {enc.shape[1]}")
-        return enc
 
     def _targets(self, states: np.ndarray, next_states: np.ndarray) -> torch.Tensor:
         n = self.normaliser
