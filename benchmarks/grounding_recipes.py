@@ -26,29 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from kalm.data.episodes import read_episodes
-from kalm.llm.train import split_episodes
+from kalm.eval.held_out import policy_action_accuracy
 
 LEVELS = ("rephrase", "easy")
-
-
-def bc_action_accuracy(real: str, policy: str, episodes: int, val_fraction: float = 0.1,
-                       seed: int = 0) -> float:
-    """Share of the held-out expert actions (the grounding run's validation split, first
-    `episodes` episodes, every step) that the BC policy picks itself."""
-    from kalm.rl.train import TrainedPolicy
-
-    data = read_episodes(real)
-    _, val_idx = split_episodes(len(data), val_fraction, seed)
-    val = data.subset(val_idx)
-    pol = TrainedPolicy(policy)
-    hits = total = 0
-    for i in range(min(episodes, len(val))):
-        ep = val.episode(i)
-        obs = ep.observations[: ep.length]
-        pred = pol.act_batch(obs, [ep.goal] * ep.length, [ep.instruction] * ep.length)
-        hits += int((pred == ep.actions[: ep.length]).sum())
-        total += ep.length
-    return hits / max(total, 1)
 
 
 def rollouts(imagined: str, labelled: str) -> dict[str, float]:
@@ -89,7 +69,7 @@ def main() -> None:
                       f"{r['kept']}, {r['kept_right']}"]
         print("| " + " | ".join(cells) + " |")
     if args.bc:
-        acc = bc_action_accuracy(args.real, args.bc, args.episodes)
+        acc = policy_action_accuracy(args.real, args.bc, args.episodes)
         print(f"| reference: the BC policy (MLP, same data and goal embeddings) | - | "
               f"{100 * acc:.1f}% | - | - | - |" + " - |" * (2 * len(LEVELS)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -515,3 +516,12 @@ def test_every_subcommand_is_documented():
         res = runner.invoke(main, [name, "--help"])
         assert res.exit_code == 0, name
         assert cmd.help and len(cmd.help.split()) >= 5, f"{name} has no real help text"
+
+
+def test_run_help_names_every_reference_row():
+    from kalm.cli import main
+    from kalm.run_folder import REFERENCES
+
+    option = next(p for p in main.commands["run"].params if p.name == "reference_rows")
+    for row in REFERENCES:
+        assert re.search(rf"\b{row}\b", option.help), f"--reference-rows help omits {row}"

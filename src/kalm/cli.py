@@ -806,8 +806,9 @@ def check_suite(suite_file, env) -> None:
               help="RL seeds, overriding the config: --seeds 0 1 2 or --seeds 0,1,2.")
 @click.option("--reference-rows", default=None,
               help="Rows beside KALM, overriding rl.reference_rows: a comma-separated subset "
-                   "of paper, shooting, llm_policy, expert, random and the diagnostic verified "
-                   "(added to a finished run, only their stages run).")
+                   "of paper, shooting, shooting_matched, planner_uniform, planner_llm, "
+                   "llm_policy, expert, random and the diagnostic verified (added to a "
+                   "finished run, only their stages run).")
 @click.option("--dry-run", is_flag=True, help="Print the stages and whether each would run.")
 @click.option("--smoke", is_flag=True,
               help="Run every stage for a step or two on a small slice (into OUT-smoke), e.g. to "

@@ -1,0 +1,250 @@
+"""Issue 26's curve: what a grounded LLM is worth against how many CPU-minutes it was grounded.
+
+Each point is a `kalm run` folder of the same config, data and seeds whose ground stage had its
+own `ground.budget_minutes` (the other stages as the run ran them). Read from each folder's
+files, nothing recomputed but the BC policy's action accuracy:
+
+- grounding (held-out episodes): teacher-forced action accuracy, one-step (dynamics objective)
+  state RMSE, explanation accuracy, steps, dtype, the stage's wall and CPU minutes;
+- per imagined level: the LLM's rollouts replayed in the simulator to the goal vs random actions
+  replayed beside them (a diagnostic: KALM may not use the simulator), the tasks whose rollout
+  the ensemble kept, and of those the ones right on replay (diagnostic);
+- the LLM acting in the real env itself (the `llm_policy` reference row), where the run has it;
+- BC and CQL, real only and KALM, on the dev half (`evaluate-dev-*`), where the run has them.
+
+The BC MLP's action accuracy (the first point's real-only BC policy, seed 0, on the same
+held-out episodes as the grounding metrics) is the horizontal line of the action panel.
+
+    python benchmarks/grounding_curve.py runs/q/run 32=runs/curve/g32 \\
+        --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kalm.eval.report import success_summaries
+from kalm.run_folder import (
+    GROUND,
+    LLM_POLICY_STAGE,
+    imagine_stage,
+    label_stage,
+    load_run,
+    real_data,
+    train_stage,
+)
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _dev_success(run: Path, cfg) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """algo -> method (`baseline` = real only, `kalm`) -> level -> success per seed."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for algo, summary in success_summaries(run, cfg, "dev").items():
+        out[algo] = {method: {lv: list(v) for lv, v in levels.items()}
+                     for method, levels in summary["success"].items() if levels}
+    return out
+
+
+def curve_point(run: str | Path, minutes: float | None = None) -> dict[str, Any]:
+    """One point of the curve, read from a finished (or partly finished) run folder. Its place
+    on the axis is the ground stage's `budget_minutes`, or MINUTES for a run grounded for a
+    fixed step count (a budget is only honest on an idle machine; a step count is the same
+    model whatever else runs beside it)."""
+    run = Path(run)
+    cfg = load_run(run)
+    ground = run / GROUND
+    metrics = _json(ground / "grounding_metrics.json")
+    if metrics is None:
+        raise FileNotFoundError(f"{ground}/grounding_metrics.json: no grounded model in {run} "
+                                "(expected a finished ground stage)")
+    ground_cfg = json.loads((ground / "ground_config.json").read_text())
+    stage = _json(ground / "stage.json") or {}
+    budget = minutes if minutes is not None else ground_cfg.get("budget_minutes")
+    if budget is None:
+        raise ValueError(f"{ground}/ground_config.json: no budget_minutes (grounded for a fixed "
+                         "step count); give the point's minutes as MINUTES=RUN")
+    point: dict[str, Any] = {
+        "run": str(run),
+        "budget_minutes": budget,
+        "budget_from": "argument" if minutes is not None else "ground.budget_minutes",
+        "steps": metrics["steps"],
+        "dtype": metrics.get("dtype"),
+        "train_minutes": metrics["train_seconds"] / 60,
+        "stage_wall_minutes": stage["wall_s"] / 60 if "wall_s" in stage else None,
+        "stage_cpu_minutes": stage["cpu_s"] / 60 if "cpu_s" in stage else None,
+        "action_accuracy": metrics["rollout_teacher_forced"]["action_accuracy"],
+        "one_step_rmse_m": metrics["dynamics"]["rmse_m"],
+        "explanation_accuracy": metrics["explanation"]["accuracy"],
+        "held_out_episodes": metrics["val_episodes"],
+        "levels": {},
+    }
+    for level in cfg.imagine.levels:
+        stats = _json(run / imagine_stage(level) / "imagined.stats.json")
+        label = _json(run / label_stage(level) / "label_stats.json")
+        row: dict[str, Any] = {}
+        if stats is not None:
+            s = stats["levels"][level]
+            row.update(rollouts=s["rollouts"], replayed=s["replayed_match"],
+                       random_replayed=s["random_replay_match"])
+        if label is not None:
+            d = label["diagnostic"]["labeller"]
+            row.update(tasks=d["n"], kept=d["kept"], kept_right=d["true_positives"])
+        llm = _json(run / LLM_POLICY_STAGE / f"eval-{level}.json")
+        if llm is not None:
+            row["llm_policy"] = llm["success_rate"]
+        point["levels"][level] = row
+    point["dev_success"] = _dev_success(run, cfg)
+    return point
+
+
+def parse_point(text: str) -> tuple[str, float | None]:
+    """`RUN` or `MINUTES=RUN`."""
+    head, sep, rest = text.partition("=")
+    if not sep:
+        return text, None
+    try:
+        return rest, float(head)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected RUN or MINUTES=RUN with a number of minutes"
+                         ) from None
+
+
+def bc_line(run: str | Path, episodes: int) -> float:
+    """The run's real-only BC policy (seed 0) on the grounding's held-out episodes."""
+    from kalm.eval.held_out import policy_action_accuracy
+
+    run = Path(run)
+    cfg = load_run(run)
+    ground_cfg = json.loads((run / GROUND / "ground_config.json").read_text())
+    policy = run / train_stage("bc", cfg.seeds[0]) / f"baseline-seed{cfg.seeds[0]}"
+    if not policy.exists():
+        raise FileNotFoundError(f"{policy}: expected the run's real-only BC policy")
+    return policy_action_accuracy(real_data(run), policy, episodes,
+                                  ground_cfg.get("val_fraction", 0.1), ground_cfg.get("seed", 0))
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _mean_std(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+
+
+def table(points: list[dict[str, Any]], bc: float | None) -> str:
+    levels = list(dict.fromkeys(lv for p in points for lv in p["levels"]))
+    head = ["budget (min)", "steps", "dtype", "action acc. (%)", "one-step RMSE (m)",
+            "explanation (%)"]
+    for lv in levels:
+        head += [f"{lv}: replayed / random (%, diag.)", f"{lv}: kept (right, diag.)",
+                 f"{lv}: LLM as policy (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for p in points:
+        cells = [f"{p['budget_minutes']:g}", str(p["steps"]),
+                 str(p["dtype"]), _pct(p["action_accuracy"]), f"{p['one_step_rmse_m']:.3f}",
+                 _pct(p["explanation_accuracy"])]
+        for lv in levels:
+            r = p["levels"].get(lv, {})
+            cells += [f"{_pct(r.get('replayed'))} / {_pct(r.get('random_replayed'))}",
+                      f"{r['kept']} of {r['tasks']} ({r['kept_right']})" if "kept" in r else "-",
+                      _pct(r.get("llm_policy"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    if bc is not None:
+        lines.append(f"\nBC MLP (real only, seed 0) on the same held-out episodes: action "
+                     f"accuracy {100 * bc:.1f}%.")
+    dev = [p for p in points if p["dev_success"]]
+    if dev:
+        lines += ["", "Dev half, success in the real simulator (%), mean ± std over seeds:", ""]
+        algos = list(dict.fromkeys(a for p in dev for a in p["dev_success"]))
+        head = ["budget (min)", "level"] + [f"{a.upper()} {m}" for a in algos
+                                            for m in ("real only", "KALM")]
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for p in dev:
+            for lv in levels:
+                cells = [f"{p['budget_minutes']:g}", lv]
+                for a in algos:
+                    s = p["dev_success"].get(a, {})
+                    cells += [_mean_std(s.get("baseline", {}).get(lv)),
+                              _mean_std(s.get("kalm", {}).get(lv))]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict[str, Any]], bc: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [p["budget_minutes"] for p in points]
+    levels = list(dict.fromkeys(lv for p in points for lv in p["levels"]))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    ax = axes[0, 0]
+    ax.plot(x, [100 * p["action_accuracy"] for p in points], "o-", label="LLM, teacher forced")
+    if bc is not None:
+        ax.axhline(100 * bc, color="k", ls="--", label="BC MLP")
+    ax.set_title("action accuracy (%)")
+    ax.legend()
+    axes[0, 1].plot(x, [p["one_step_rmse_m"] for p in points], "o-")
+    axes[0, 1].set_title("one-step state RMSE (m)")
+    axes[0, 2].plot(x, [100 * p["explanation_accuracy"] for p in points], "o-")
+    axes[0, 2].set_title("explanation accuracy (%)")
+    for i, lv in enumerate(levels):
+        c = f"C{i}"
+        rows = [p["levels"].get(lv, {}) for p in points]
+        axes[1, 0].plot(x, [100 * r.get("replayed", np.nan) for r in rows], "o-", color=c,
+                        label=f"{lv} LLM")
+        axes[1, 0].plot(x, [100 * r.get("random_replayed", np.nan) for r in rows], "x:",
+                        color=c, label=f"{lv} random")
+        axes[1, 1].plot(x, [100 * r["kept"] / r["tasks"] if "kept" in r else np.nan
+                            for r in rows], "o-", color=c, label=lv)
+        axes[1, 2].plot(x, [100 * r.get("llm_policy", np.nan) for r in rows], "o-", color=c,
+                        label=lv)
+    axes[1, 0].set_title("imagined rollouts replayed to the goal (%, diagnostic)")
+    axes[1, 1].set_title("tasks with a kept rollout (%)")
+    axes[1, 2].set_title("LLM as policy, real env (%)")
+    for ax in axes[1]:
+        ax.legend(fontsize=7)
+    for ax in axes.flat:
+        ax.set_xlabel("grounding budget (CPU-minutes, 2 cores)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", metavar="[MINUTES=]RUN",
+                    help="run folders, one per grounding budget; MINUTES for one grounded "
+                         "for a fixed step count")
+    ap.add_argument("--json", type=Path, help="write the points here")
+    ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
+    ap.add_argument("--no-bc", action="store_true", help="skip the BC policy's accuracy")
+    args = ap.parse_args()
+    points = sorted((curve_point(*parse_point(r)) for r in args.runs),
+                    key=lambda p: p["budget_minutes"])
+    bc = None if args.no_bc else bc_line(points[0]["run"], points[0]["held_out_episodes"])
+    print(table(points, bc))
+    if args.json:
+        from kalm.io import write_json
+
+        write_json({"bc_action_accuracy": bc, "points": points}, args.json)
+    if args.plot:
+        plot(points, bc, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Issue 26's curve: benchmarks/grounding_curve.py reads each point from a run folder's files,
+and the BC line counts a policy's agreement with the held-out expert actions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmark_module import load_benchmark
+from kalm.data.episodes import Episode, EpisodeData, read_episodes, write_episodes
+from kalm.eval.held_out import policy_action_accuracy
+from kalm.llm.train import split_episodes
+from kalm.rl.train import TrainedPolicy
+from test_eval_speed_paths import policy  # noqa: F401  (the module's small BC policy fixture)
+
+
+def _write_run(root, budget, accuracy, replayed, kept, llm=None):
+    """A run folder holding only the files the curve reads, with the given numbers."""
+    root.mkdir(parents=True)
+    (root / "run_config.yaml").write_text(
+        "name: t\nenv: clevr\nseeds: [0]\nimagine:\n  levels: {rephrase: 8, easy: 1}\n")
+    (root / "ground").mkdir()
+    (root / "ground" / "ground_config.json").write_text(json.dumps(
+        {"budget_minutes": budget, "val_fraction": 0.1, "seed": 0}))
+    (root / "ground" / "grounding_metrics.json").write_text(json.dumps({
+        "steps": int(35 * (budget or 8)), "dtype": "bfloat16", "train_seconds": 60.0 * 3,
+        "val_episodes": 100, "rollout_teacher_forced": {"action_accuracy": accuracy},
+        "dynamics": {"rmse_m": 0.07}, "explanation": {"accuracy": 0.025}}))
+    (root / "ground" / "stage.json").write_text(json.dumps({"wall_s": 600.0, "cpu_s": 1200.0}))
+    for level, tasks in (("rephrase", 240), ("easy", 200)):
+        (root / f"imagine-{level}").mkdir()
+        (root / f"imagine-{level}" / "imagined.stats.json").write_text(json.dumps({"levels": {
+            level: {"rollouts": 8 * tasks, "replayed_match": replayed,
+                    "random_replay_match": 0.06}}}))
+        (root / f"label-{level}").mkdir()
+        (root / f"label-{level}" / "label_stats.json").write_text(json.dumps({"diagnostic": {
+            "labeller": {"n": tasks, "kept": kept, "true_positives": kept // 2}}}))
+    if llm is not None:
+        (root / "evaluate-llm-policy").mkdir()
+        (root / "evaluate-llm-policy" / "eval-easy.json").write_text(
+            json.dumps({"episodes": 30, "success_rate": llm}))
+
+
+def test_points_are_read_from_the_run_files_and_ordered_by_minutes(tmp_path):
+    bench = load_benchmark("grounding_curve")
+    _write_run(tmp_path / "a", 16.0, 0.115, 0.092, 131)
+    _write_run(tmp_path / "b", None, 0.2, 0.15, 150, llm=0.4)
+    with pytest.raises(ValueError, match="MINUTES=RUN"):
+        bench.curve_point(tmp_path / "b")
+    b = bench.curve_point(*bench.parse_point(f"32={tmp_path / 'b'}"))
+    a = bench.curve_point(tmp_path / "a")
+    assert (a["budget_minutes"], a["budget_from"]) == (16.0, "ground.budget_minutes")
+    assert (b["budget_minutes"], b["budget_from"]) == (32.0, "argument")
+    assert a["action_accuracy"] == 0.115 and a["stage_cpu_minutes"] == 20.0
+    assert a["levels"]["rephrase"] == {"rollouts": 1920, "replayed": 0.092,
+                                       "random_replayed": 0.06, "tasks": 240, "kept": 131,
+                                       "kept_right": 65}
+    assert "llm_policy" not in a["levels"]["easy"] and b["levels"]["easy"]["llm_policy"] == 0.4
+    assert a["dev_success"] == {}  # no dev evaluation in the folder: nothing invented
+    text = bench.table([a, b], bc=0.327)
+    rows = [line for line in text.splitlines() if line.startswith("| 16") or
+            line.startswith("| 32")]
+    assert rows[0].split(" | ")[3:5] == ["11.5", "0.070"]
+    assert "9.2 / 6.0" in rows[0] and "131 of 240 (65)" in rows[0]
+    assert "15.0 / 6.0" in rows[1] and rows[1].rstrip(" |").endswith("40.0")
+    assert "action accuracy 32.7%" in text
+    bench.plot([a, b], 0.327, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_point_needs_a_grounded_model_and_minutes_must_be_a_number(tmp_path):
+    bench = load_benchmark("grounding_curve")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run_config.yaml").write_text("name: t\nenv: clevr\n")
+    with pytest.raises(FileNotFoundError, match=r"grounding_metrics\.json"):
+        bench.curve_point(tmp_path / "run")
+    with pytest.raises(ValueError, match="MINUTES=RUN"):
+        bench.parse_point("soon=runs/x")
+    assert bench.parse_point("runs/x") == ("runs/x", None)
+
+
+def test_policy_action_accuracy_counts_agreement_on_the_held_out_split(policy, tmp_path):  # noqa: F811
+    data = read_episodes(str(policy.parent / "real.h5"))
+    _, val = split_episodes(len(data), 0.1, 0)
+    pol = TrainedPolicy(policy)
+    # the held-out episodes in split order; the first agrees with the policy when AGREE_FIRST,
+    # the others when AGREE_REST; training episodes keep their actions
+    order = {int(i): k for k, i in enumerate(val)}
+
+    def write(name, agree_first, agree_rest):
+        eps = []
+        for i in range(len(data)):
+            ep = data.episode(i)
+            actions = ep.actions.copy()
+            if i in order:
+                own = pol.act_batch(ep.observations[: ep.length], [ep.goal] * ep.length,
+                                    [ep.instruction] * ep.length)
+                agree = agree_first if order[i] == 0 else agree_rest
+                actions[: ep.length] = own if agree else (own + 1) % 40
+            eps.append(Episode(ep.observations, actions, ep.rewards, ep.terminals,
+                               ep.instruction, ep.goal))
+        write_episodes(EpisodeData.from_episodes(eps, data.spec), tmp_path / name)
+        return tmp_path / name
+
+    assert len(val) == 4 and np.all(data.lengths == 1)
+    assert policy_action_accuracy(write("all.h5", True, True), policy, episodes=100) == 1.0
+    assert policy_action_accuracy(write("none.h5", False, False), policy, episodes=100) == 0.0
+    first = write("first.h5", True, False)
+    assert policy_action_accuracy(first, policy, episodes=100) == 0.25
+    assert policy_action_accuracy(first, policy, episodes=1) == 1.0  # only the first counts
