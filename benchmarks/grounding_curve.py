@@ -16,6 +16,7 @@ The BC MLP's action accuracy (the first point's real-only BC policy, seed 0, on 
 held-out episodes as the grounding metrics) is the horizontal line of the action panel.
 
     python benchmarks/grounding_curve.py runs/q/run 32=runs/curve/g32 \\
+        --llm-policy "16=runs/curve/llm16/llm16-{level}.json" \\
         --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
 """
 
@@ -32,6 +33,7 @@ from kalm.eval.report import success_summaries
 from kalm.run_folder import (
     GROUND,
     LLM_POLICY_STAGE,
+    dev_split,
     imagine_stage,
     label_stage,
     load_run,
@@ -45,9 +47,17 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def _dev_success(run: Path, cfg) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """algo -> method (`baseline` = real only, `kalm`) -> level -> success per seed."""
+    """algo -> method (`baseline` = real only, `kalm`) -> level -> success per seed, on the dev
+    half: a run whose headline is the test half keeps it in `evaluate-dev-*`; a curve point
+    evaluated on dev alone (`evaluate.split: dev`) in its headline stages."""
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for algo, summary in success_summaries(run, cfg, "dev").items():
+    if cfg.evaluate.split == "dev":
+        summaries = success_summaries(run, cfg)
+    elif dev_split(cfg):
+        summaries = success_summaries(run, cfg, "dev")
+    else:
+        return out
+    for algo, summary in summaries.items():
         out[algo] = {method: {lv: list(v) for lv, v in levels.items()}
                      for method, levels in summary["success"].items() if levels}
     return out
@@ -115,6 +125,23 @@ def parse_point(text: str) -> tuple[str, float | None]:
     except ValueError:
         raise ValueError(f"{text!r}: expected RUN or MINUTES=RUN with a number of minutes"
                          ) from None
+
+
+def apply_llm_policy(point: dict[str, Any], pattern: str) -> None:
+    """The LLM-as-policy success per level from `kalm evaluate --json` files (PATTERN with
+    `{level}`) instead of the run's own row: points whose runs evaluated on different halves
+    or scenes are compared on one set of scenes this way."""
+    for level, row in point["levels"].items():
+        path = Path(pattern.format(level=level))
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: expected `kalm evaluate --json` output for {level}")
+        data = json.loads(path.read_text())
+        try:
+            row["llm_policy"] = data["levels"][level]["success_rate"]
+        except KeyError:
+            raise ValueError(f"{path}: expected levels.{level}.success_rate "
+                             "(a `kalm evaluate --json` file)") from None
+        row["llm_policy_source"] = str(path)
 
 
 def bc_line(run: str | Path, episodes: int) -> float:
@@ -233,9 +260,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the points here")
     ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     ap.add_argument("--no-bc", action="store_true", help="skip the BC policy's accuracy")
+    ap.add_argument("--llm-policy", action="append", default=[], metavar="MINUTES=PATTERN",
+                    help="the point's LLM-as-policy row from `kalm evaluate --json` files, "
+                         "PATTERN with {level}")
     args = ap.parse_args()
     points = sorted((curve_point(*parse_point(r)) for r in args.runs),
                     key=lambda p: p["budget_minutes"])
+    for spec in args.llm_policy:
+        pattern, minutes = parse_point(spec)
+        match = [p for p in points if p["budget_minutes"] == minutes]
+        if not match:
+            raise SystemExit(f"--llm-policy {spec}: no point at {minutes} minutes")
+        apply_llm_policy(match[0], pattern)
     bc = None if args.no_bc else bc_line(points[0]["run"], points[0]["held_out_episodes"])
     print(table(points, bc))
     if args.json:

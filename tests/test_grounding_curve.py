@@ -110,3 +110,46 @@ def test_policy_action_accuracy_counts_agreement_on_the_held_out_split(policy, t
     first = write("first.h5", True, False)
     assert policy_action_accuracy(first, policy, episodes=100) == 0.25
     assert policy_action_accuracy(first, policy, episodes=1) == 1.0  # only the first counts
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_dev_success_is_read_where_the_run_kept_it(tmp_path, split):
+    """A curve point evaluated on dev alone keeps dev in its headline stages; a run whose
+    headline is the test half keeps dev in `evaluate-dev-*`; the test half is never read."""
+    bench = load_benchmark("grounding_curve")
+    run = tmp_path / "run"
+    _write_run(run, 16.0, 0.1, 0.1, 10)
+    (run / "run_config.yaml").write_text(
+        "name: t\nenv: clevr\nseeds: [0, 1]\nimagine:\n  levels: {rephrase: 8}\n"
+        f"rl:\n  algos: [bc]\nevaluate:\n  levels: [rephrase]\n  split: {split}\n")
+    (run / "label-rephrase" / "labelled-success.h5").write_bytes(b"")  # a KALM policy's data
+    dev = "evaluate" if split == "dev" else "evaluate-dev"
+    for seed, (real, kalm) in enumerate(((0.40, 0.50), (0.44, 0.56))):
+        for stage, shift in ((f"{dev}-bc-seed{seed}", 0.0), (f"evaluate-bc-seed{seed}", 0.3)):
+            if split == "dev" and shift:
+                continue  # a dev-only run has no test-half stages
+            for name, rate in ((f"baseline-seed{seed}", real), (f"kalm-rephrase-seed{seed}", kalm)):
+                (run / stage / name).mkdir(parents=True)
+                (run / stage / name / "eval-rephrase.json").write_text(
+                    json.dumps({"episodes": 300, "success_rate": rate + shift}))
+    got = bench.curve_point(run)["dev_success"]["bc"]
+    assert got["baseline"]["rephrase"] == pytest.approx([0.40, 0.44])
+    assert got["kalm"]["rephrase"] == pytest.approx([0.50, 0.56])
+    assert "42.0 ± 2.0 | 53.0 ± 3.0" in bench.table([bench.curve_point(run)], None)
+
+
+def test_llm_policy_rows_come_from_evaluate_files_when_given(tmp_path):
+    bench = load_benchmark("grounding_curve")
+    _write_run(tmp_path / "a", 16.0, 0.1, 0.1, 10, llm=0.9)
+    point = bench.curve_point(tmp_path / "a")
+    for level, rate in (("rephrase", 0.2), ("easy", 0.5)):
+        (tmp_path / f"ev-{level}.json").write_text(json.dumps(
+            {"levels": {level: {"success_rate": rate, "episodes": 30}}, "seed": 7}))
+    bench.apply_llm_policy(point, str(tmp_path / "ev-{level}.json"))
+    assert point["levels"]["easy"]["llm_policy"] == 0.5  # the file's, not the run's 0.9
+    assert point["levels"]["rephrase"]["llm_policy"] == 0.2
+    (tmp_path / "ev-easy.json").write_text(json.dumps({"rephrase": 1}))
+    with pytest.raises(ValueError, match=r"levels\.easy\.success_rate"):
+        bench.apply_llm_policy(point, str(tmp_path / "ev-{level}.json"))
+    with pytest.raises(FileNotFoundError, match="kalm evaluate"):
+        bench.apply_llm_policy(point, str(tmp_path / "missing-{level}.json"))
