@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from kalm.eval.compare import fmt_rate
 from kalm.eval.report import success_summaries
 from kalm.run_folder import (
     GROUND,
@@ -162,12 +163,6 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _mean_std(values: list[float] | None) -> str:
-    if not values:
-        return "-"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
-
-
 def table(points: list[dict[str, Any]], bc: float | None) -> str:
     levels = list(dict.fromkeys(lv for p in points for lv in p["levels"]))
     head = ["budget (min)", "steps", "dtype", "action acc. (%)", "one-step RMSE (m)",
@@ -201,8 +196,8 @@ def table(points: list[dict[str, Any]], bc: float | None) -> str:
                 cells = [f"{p['budget_minutes']:g}", lv]
                 for a in algos:
                     s = p["dev_success"].get(a, {})
-                    cells += [_mean_std(s.get("baseline", {}).get(lv)),
-                              _mean_std(s.get("kalm", {}).get(lv))]
+                    cells += [fmt_rate(s.get("baseline", {}).get(lv, [])),
+                              fmt_rate(s.get("kalm", {}).get(lv, []))]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
