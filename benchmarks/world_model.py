@@ -100,6 +100,8 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
     pred_at: dict[int, list[np.ndarray]] = {k: [] for k in steps}
     judge_votes = judge_mean = judge_real = successes = 0
     votes_seen: list[int] = []
+    # every held-out episode, success or not: (real success, mean chain succeeds, votes)
+    verdicts: list[tuple[bool, bool, int]] = []
     k_members: int | None = None
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))
@@ -115,6 +117,11 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
             else None
         for row, i in enumerate(idx):
             ep = data.episode(int(i))
+            if votes_cfg is not None:
+                any_votes = label_resimulated(ep, states[row], u[row], definition,
+                                              RelabelConfig(), members[:, row])
+                verdicts.append((bool(ep.success), bool(any_votes.extras["ensemble_success"]),
+                                 int(any_votes.extras["ensemble_votes"])))
             if not ep.success:
                 continue
             successes += 1
@@ -148,8 +155,32 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
              "mean_chain_recall": judge_mean / successes if successes else None,
              "members": k_members, "min_votes": used_votes,
              "votes_recall": (judge_votes / successes if successes and k_members else None),
-             "mean_votes": float(np.mean(votes_seen)) if votes_seen else None}
+             "mean_votes": float(np.mean(votes_seen)) if votes_seen else None,
+             "votes_curve": votes_curve(verdicts, k_members)}
     return {"steps": rows, "judge": judge}
+
+
+def votes_curve(verdicts: Sequence[tuple[bool, bool, int]], members: int | None
+                ) -> list[dict[str, Any]]:
+    """The label rule's trade-off over its one knob, `min_votes`: per K, the share of real
+    successes it accepts (recall) and of real failures it calls successful (false positives).
+    A judge a planner can use must accept real successes and reject the rest; on Meta-World
+    all-member votes accept none (experiment 15), so the votes a run requires are chosen here,
+    on held-out real episodes, never on the suites it reports on. K = 0 is the mean chain
+    alone. `verdicts`: (real success, mean chain succeeds, members reaching the goal)."""
+    if not members:
+        return []
+    real = np.array([v[0] for v in verdicts], bool)
+    mean_ok = np.array([v[1] for v in verdicts], bool)
+    votes = np.array([v[2] for v in verdicts], int)
+    n_pos, n_neg = int(real.sum()), int((~real).sum())
+    curve = []
+    for k in range(members + 1):
+        accepted = mean_ok & (votes >= k)
+        curve.append({"min_votes": k, "successes": n_pos, "failures": n_neg,
+                      "recall": float(accepted[real].mean()) if n_pos else None,
+                      "false_positive": float(accepted[~real].mean()) if n_neg else None})
+    return curve
 
 
 def measure_variants(ens: DynamicsEnsemble, definition: EnvDefinition, val: EpisodeData,
@@ -184,6 +215,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def label_of(variant: str) -> str:
+    """A variant's key (`raw`, `projected`, `FIT: raw`) as the tables name it."""
+    fit, _, kind = variant.rpartition(": ")
+    return ("ensemble mean" + (f" ({fit})" if fit else "")
+            + (" + project_state" if kind == "projected" else ""))
+
+
 def render(results: dict[str, Any], definition: EnvDefinition) -> str:
     units = f" ({definition.state_units})" if definition.state_units else ""
     entity = ENTITY_ERRORS.get(definition.name)
@@ -193,9 +231,7 @@ def render(results: dict[str, Any], definition: EnvDefinition) -> str:
     header += ["s_k = s_0 median", "s_k = s_0 p90"]
     err_rows, judge_rows = [], []
     for name, res in results["variants"].items():
-        fit, _, kind = name.rpartition(": ")
-        label = ("ensemble mean" + (f" ({fit})" if fit else "")
-                 + (" + project_state" if kind == "projected" else ""))
+        label = label_of(name)
         for r in res["steps"]:
             row = [label, str(r["step"]), str(r["episodes"]), _f(r["median"]), _f(r["p90"])]
             if entity is not None:
@@ -209,12 +245,22 @@ def render(results: dict[str, Any], definition: EnvDefinition) -> str:
                            _pct(j["mean_chain_recall"]),
                            votes, _pct(j["votes_recall"]), _f(j["mean_votes"], 2)])
     dist = "distance" if not definition.state_units else f"distance in {definition.state_units}"
+    curve_rows = [[label_of(name), "mean chain only" if c["min_votes"] == 0
+                   else f">= {c['min_votes']}", f"{c['successes']} / {c['failures']}",
+                   _pct(c["recall"]), _pct(c["false_positive"])]
+                  for name, res in results["variants"].items()
+                  for c in res["judge"].get("votes_curve", [])]
     out = [f"Open-loop error of the real actions from the real s_0 (env {dist}, "
            f"{results['episodes']} held-out episodes):", "",
            _table(header, err_rows), "",
            "Judged successful, real successful held-out episodes (label stage's rule):", "",
            _table(["model", "real successes", "rule on the real states", "mean chain succeeds",
                    "vote rule", "label rule succeeds (recall)", "mean votes"], judge_rows)]
+    if curve_rows:
+        out += ["", "The rule over min_votes, all held-out episodes (successes accepted vs "
+                "failures accepted):", "",
+                _table(["model", "min_votes", "real successes / failures", "recall",
+                        "false positives"], curve_rows)]
     return "\n".join(out)
 
 

@@ -74,6 +74,41 @@ def test_perfect_model_has_no_error_and_full_recall():
     assert j["members"] == j["min_votes"] == 3 and j["mean_votes"] == 3.0
 
 
+class TwoOfThree(Perfect):
+    """The true mean chain, but one of three members drifts off: two votes on every episode."""
+
+    def member_rollouts(self, s0, actions):
+        true = self.rollout(s0, actions)[0]
+        return np.stack([true, true, true + 7.0])
+
+
+def mixed_data() -> EpisodeData:
+    """20 real successes, 10 failures whose goal the actions do reach (the success signal was
+    missed: a judge on states calls them successful) and 10 whose goal no state reaches."""
+    d = goal_data(40)
+    goals = list(d.goals)
+    terminals = d.terminals.copy()
+    terminals[20:] = False
+    for i in range(30, 40):
+        goals[i] = {"target": [40.0] * OBS}
+    return EpisodeData(d.spec, d.observations, d.actions, d.rewards, terminals, d.lengths,
+                       d.instructions, goals, source="real")
+
+
+def test_votes_curve_trades_recall_for_false_positives():
+    bench, data = _bench(), mixed_data()
+    curve = bench.measure(TwoOfThree(), LINEAR, data, (1,))["judge"]["votes_curve"]
+    assert [c["min_votes"] for c in curve] == [0, 1, 2, 3]
+    assert {(c["successes"], c["failures"]) for c in curve} == {(20, 20)}
+    assert [c["recall"] for c in curve] == [1.0, 1.0, 1.0, 0.0]  # two votes: K = 3 rejects all
+    assert [c["false_positive"] for c in curve] == [0.5, 0.5, 0.5, 0.0]
+    assert bench.votes_curve([(True, True, 2)], None) == []  # no members: no curve
+    text = bench.render({"episodes": 40, "variants": {
+        "projected": bench.measure(TwoOfThree(), LINEAR, data, (1,))}}, LINEAR)
+    assert "| ensemble mean + project_state | >= 3 | 20 / 20 | 0.0% | 0.0% |" in text
+    assert "| ensemble mean + project_state | mean chain only | 20 / 20 | 100.0% | 50.0% |" in text
+
+
 def test_main_on_files(tmp_path, capsys):
     bench, data = _bench(), goal_data()
     write_episodes(data, tmp_path / "real.h5")
@@ -84,7 +119,9 @@ def test_main_on_files(tmp_path, capsys):
                       "--out", str(out)])
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| ensemble mean |")]
-    assert [r.split(" | ")[1] for r in rows] == ["1", "3", "12"]  # steps 1, 3; then the judge
+    # steps 1, 3; then the judge; then its curve over min_votes 0..3
+    assert [r.split(" | ")[1] for r in rows] == ["1", "3", "12", "mean chain only", ">= 1",
+                                                 ">= 2", ">= 3"]
     assert res["episodes"] == 12  # SMALL holds out 20% of 60 episodes
     assert set(res["variants"]) == {"raw"}  # no project_state hook: no projected rows
     steps = res["variants"]["raw"]["steps"]
