@@ -200,6 +200,14 @@ def measure_variants(ens: DynamicsEnsemble, definition: EnvDefinition, val: Epis
     return out
 
 
+def add_negatives(variants: dict[str, Any], negatives: dict[str, list[dict[str, Any]]]
+                  ) -> None:
+    """Each variant's votes curve gains the false positives measured on the negatives file."""
+    for name, curve in negatives.items():
+        for c, f in zip(variants[name]["judge"]["votes_curve"], curve, strict=True):
+            c["negatives"], c["negatives_false_positive"] = f["failures"], f["false_positive"]
+
+
 # ------------------------------------------------------------------------------- printing
 def _f(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
@@ -256,11 +264,20 @@ def render(results: dict[str, Any], definition: EnvDefinition) -> str:
            "Judged successful, real successful held-out episodes (label stage's rule):", "",
            _table(["model", "real successes", "rule on the real states", "mean chain succeeds",
                    "vote rule", "label rule succeeds (recall)", "mean votes"], judge_rows)]
+    neg = any("negatives" in c for res in results["variants"].values()
+              for c in res["judge"].get("votes_curve", []))
     if curve_rows:
+        if neg:
+            neg_cols = [[str(c.get("negatives", "n/a")), _pct(c.get("negatives_false_positive"))]
+                        for res in results["variants"].values()
+                        for c in res["judge"].get("votes_curve", [])]
+            curve_rows = [r + n for r, n in zip(curve_rows, neg_cols, strict=True)]
         out += ["", "The rule over min_votes, all held-out episodes (successes accepted vs "
                 "failures accepted):", "",
                 _table(["model", "min_votes", "real successes / failures", "recall",
-                        "false positives"], curve_rows)]
+                        "false positives"]
+                       + (["negatives file: failures", "false positives"] if neg else []),
+                       curve_rows)]
     return "\n".join(out)
 
 
@@ -333,6 +350,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, nargs="+",
                     help="open-loop steps (default: CLEVR 1 2 4 6, Meta-World 10 20 40 80)")
     ap.add_argument("--min-votes", type=int, help="members that must agree (default: all K)")
+    ap.add_argument("--negatives", help="an episode file of real failures from the same env "
+                    "(e.g. `kalm collect --policy random --keep-failures`): the votes curve's "
+                    "false positives on them, where the held-out episodes hold few failures")
     ap.add_argument("--fit", action="append", default=[], metavar="SETTINGS",
                     help="also fit an ensemble with these DynamicsConfig fields changed, e.g. "
                          "rollout_steps=4 (repeatable; same data and held-out episodes), and "
@@ -408,13 +428,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         variants.update(measure_variants(refit, definition, val, steps, args.min_votes, text))
         timings[f"measure {text}_s"] = time.perf_counter() - t0
+    negatives = {}
+    if args.negatives:
+        neg = read_episodes(args.negatives)
+        for k in ("env", "obs_dim", "action_type", "action_dim"):
+            if getattr(neg.spec, k) != getattr(data.spec, k):
+                raise SystemExit(f"{args.negatives}: field 'spec.{k}' is "
+                                 f"{getattr(neg.spec, k)!r}, the real data has "
+                                 f"{getattr(data.spec, k)!r}")
+        neg = neg.subset(np.flatnonzero([not neg.episode(i).success for i in range(len(neg))]))
+        if not len(neg):
+            raise SystemExit(f"{args.negatives}: no failed episode to count false positives on")
+        t0 = time.perf_counter()
+        for name, res in measure_variants(ens, definition, neg, steps, args.min_votes).items():
+            negatives[name] = res["judge"]["votes_curve"]
+        timings["negatives_s"] = time.perf_counter() - t0
+        add_negatives(variants, negatives)
     timings["total_s"] = time.perf_counter() - t_start
     results = {"source": source, "env": definition.name, "episodes": len(val),
                "data_episodes": len(data), "members": ens.config.members,
                "val_fraction": ens.config.val_fraction, "split_seed": ens.config.seed,
                "steps_asked": list(steps), "variants": variants, "timings": timings,
                "training": {k: v for k, v in ens.training.items() if k != "history"},
-               "fits": fits}
+               "fits": fits, "negatives": negatives, "negatives_file": args.negatives}
     print(f"{source}: env {definition.name}, {len(data)} episodes, {len(val)} held out by the "
           f"fit (val_fraction {ens.config.val_fraction}, seed {ens.config.seed}), "
           f"K={ens.config.members}")

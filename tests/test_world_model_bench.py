@@ -109,6 +109,33 @@ def test_votes_curve_trades_recall_for_false_positives():
     assert "| ensemble mean + project_state | mean chain only | 20 / 20 | 100.0% | 50.0% |" in text
 
 
+def test_negatives_file_adds_false_positives_to_the_curve(tmp_path, capsys):
+    bench, data = _bench(), goal_data()
+    write_episodes(data, tmp_path / "real.h5")
+    DynamicsEnsemble.fit(data, SMALL, progress=False).save(tmp_path / "dyn")
+    mixed = mixed_data()
+    write_episodes(mixed, tmp_path / "neg.h5")
+    base = ["--data", str(tmp_path / "real.h5"), "--dynamics", str(tmp_path / "dyn"),
+            "--env", f"{Path(__file__).resolve()}:LINEAR", "--steps", "1"]
+    res = bench.main([*base, "--negatives", str(tmp_path / "neg.h5")])
+    curve = res["variants"]["raw"]["judge"]["votes_curve"]
+    assert [c["negatives"] for c in curve] == [20] * 4  # only the 20 failures of the file count
+    assert all(0.0 <= c["negatives_false_positive"] <= 1.0 for c in curve)
+    assert "| negatives file: failures | false positives |" in capsys.readouterr().out
+    # the curve's own numbers on a model whose verdicts are known, through the same merge
+    variants = {"raw": bench.measure(TwoOfThree(), LINEAR, goal_data(), (1,))}
+    bench.add_negatives(variants, {"raw": bench.measure(TwoOfThree(), LINEAR, mixed, (1,))[
+        "judge"]["votes_curve"]})
+    fp = [c["negatives_false_positive"] for c in variants["raw"]["judge"]["votes_curve"]]
+    assert fp == [0.5, 0.5, 0.5, 0.0]
+    only_successes = EpisodeData(mixed.spec, mixed.observations[:20], mixed.actions[:20],
+                                 mixed.rewards[:20], mixed.terminals[:20], mixed.lengths[:20],
+                                 mixed.instructions[:20], mixed.goals[:20], source="real")
+    write_episodes(only_successes, tmp_path / "pos.h5")
+    with pytest.raises(SystemExit, match="no failed episode"):
+        bench.main([*base, "--negatives", str(tmp_path / "pos.h5")])
+
+
 def test_main_on_files(tmp_path, capsys):
     bench, data = _bench(), goal_data()
     write_episodes(data, tmp_path / "real.h5")
