@@ -98,9 +98,9 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
     n = len(data)
     lengths = np.asarray(data.lengths)
     pred_at: dict[int, list[np.ndarray]] = {k: [] for k in steps}
-    judge_votes = judge_mean = judge_real = successes = 0
-    votes_seen: list[int] = []
-    # every held-out episode, success or not: (real success, mean chain succeeds, votes)
+    judge_real = 0
+    # every episode, success or not: (real success, mean chain succeeds, members reaching the
+    # goal); the label rule with K votes accepts an episode where both of the last hold (>= K)
     verdicts: list[tuple[bool, bool, int]] = []
     k_members: int | None = None
     for lo in range(0, n, batch_size):
@@ -113,28 +113,16 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
             k_members = len(members)
         for k in steps:
             pred_at[k].append(states[:, min(k, t_max)])
-        votes_cfg = RelabelConfig(min_votes=min_votes or k_members) if members is not None \
-            else None
         for row, i in enumerate(idx):
             ep = data.episode(int(i))
-            if votes_cfg is not None:
-                any_votes = label_resimulated(ep, states[row], u[row], definition,
-                                              RelabelConfig(), members[:, row])
-                verdicts.append((bool(ep.success), bool(any_votes.extras["ensemble_success"]),
-                                 int(any_votes.extras["ensemble_votes"])))
-            if not ep.success:
-                continue
-            successes += 1
-            real = label_resimulated(ep, ep.observations, np.zeros(ep.length, np.float32),
-                                     definition, RelabelConfig())
-            judge_real += bool(real.extras["ensemble_success"])  # the rule itself, on truth
-            mean_only = label_resimulated(ep, states[row], u[row], definition, RelabelConfig())
-            judge_mean += bool(mean_only.extras["ensemble_success"])
-            if votes_cfg is not None:
-                voted = label_resimulated(ep, states[row], u[row], definition, votes_cfg,
-                                          members[:, row])
-                judge_votes += bool(voted.extras["ensemble_success"])
-                votes_seen.append(int(voted.extras["ensemble_votes"]))
+            judged = label_resimulated(ep, states[row], u[row], definition, RelabelConfig(),
+                                       None if members is None else members[:, row])
+            verdicts.append((bool(ep.success), bool(judged.extras["ensemble_success"]),
+                             int(judged.extras.get("ensemble_votes", 0))))
+            if ep.success:
+                real = label_resimulated(ep, ep.observations, np.zeros(ep.length, np.float32),
+                                         definition, RelabelConfig())
+                judge_real += bool(real.extras["ensemble_success"])  # the rule itself, on truth
     rows = []
     for k in steps:
         pred = np.concatenate(pred_at[k])
@@ -150,6 +138,12 @@ def measure(model: Dynamics, definition: EnvDefinition, data: EpisodeData,
             row["entity_median"], row["entity_p90"] = _quantiles(e)
         rows.append(row)
     used_votes = None if k_members is None else (min_votes or k_members)
+    on_successes = [(ok, votes) for real_ok, ok, votes in verdicts if real_ok]
+    successes = len(on_successes)
+    judge_mean = sum(ok for ok, _ in on_successes)
+    judge_votes = sum(ok and votes >= used_votes for ok, votes in on_successes) if k_members \
+        else 0
+    votes_seen = [votes for _, votes in on_successes] if k_members else []
     judge = {"successful_episodes": successes,
              "real_states_recall": judge_real / successes if successes else None,
              "mean_chain_recall": judge_mean / successes if successes else None,
@@ -253,9 +247,13 @@ def render(results: dict[str, Any], definition: EnvDefinition) -> str:
                            _pct(j["mean_chain_recall"]),
                            votes, _pct(j["votes_recall"]), _f(j["mean_votes"], 2)])
     dist = "distance" if not definition.state_units else f"distance in {definition.state_units}"
+    neg = any("negatives" in c for res in results["variants"].values()
+              for c in res["judge"].get("votes_curve", []))
     curve_rows = [[label_of(name), "mean chain only" if c["min_votes"] == 0
                    else f">= {c['min_votes']}", f"{c['successes']} / {c['failures']}",
                    _pct(c["recall"]), _pct(c["false_positive"])]
+                  + ([str(c.get("negatives", "n/a")), _pct(c.get("negatives_false_positive"))]
+                     if neg else [])
                   for name, res in results["variants"].items()
                   for c in res["judge"].get("votes_curve", [])]
     out = [f"Open-loop error of the real actions from the real s_0 (env {dist}, "
@@ -264,14 +262,7 @@ def render(results: dict[str, Any], definition: EnvDefinition) -> str:
            "Judged successful, real successful held-out episodes (label stage's rule):", "",
            _table(["model", "real successes", "rule on the real states", "mean chain succeeds",
                    "vote rule", "label rule succeeds (recall)", "mean votes"], judge_rows)]
-    neg = any("negatives" in c for res in results["variants"].values()
-              for c in res["judge"].get("votes_curve", []))
     if curve_rows:
-        if neg:
-            neg_cols = [[str(c.get("negatives", "n/a")), _pct(c.get("negatives_false_positive"))]
-                        for res in results["variants"].values()
-                        for c in res["judge"].get("votes_curve", [])]
-            curve_rows = [r + n for r, n in zip(curve_rows, neg_cols, strict=True)]
         out += ["", "The rule over min_votes, all held-out episodes (successes accepted vs "
                 "failures accepted):", "",
                 _table(["model", "min_votes", "real successes / failures", "recall",
