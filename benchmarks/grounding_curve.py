@@ -18,6 +18,13 @@ held-out episodes as the grounding metrics) is the horizontal line of the action
     python benchmarks/grounding_curve.py runs/q/run 32=runs/curve/g32 \\
         --llm-policy "16=runs/curve/llm16/llm16-{level}.json" \\
         --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
+
+The same reading for a recipe comparison at one budget (issue 26's "learn more per CPU-minute":
+runs of one config and data whose ground stages differ in one field), points named and in the
+order given:
+
+    python benchmarks/grounding_curve.py --recipes quick=runs/q/run \
+        no-explain=runs/recipes/no-explain --json docs/grounding-recipes/recipes.json
 """
 
 from __future__ import annotations
@@ -64,11 +71,13 @@ def _dev_success(run: Path, cfg) -> dict[str, dict[str, dict[str, list[float]]]]
     return out
 
 
-def curve_point(run: str | Path, minutes: float | None = None) -> dict[str, Any]:
+def curve_point(run: str | Path, minutes: float | None = None,
+                recipe: str | None = None) -> dict[str, Any]:
     """One point of the curve, read from a finished (or partly finished) run folder. Its place
     on the axis is the ground stage's `budget_minutes`, or MINUTES for a run grounded for a
     fixed step count (a budget is only honest on an idle machine; a step count is the same
-    model whatever else runs beside it)."""
+    model whatever else runs beside it). RECIPE names a point of a recipe comparison instead
+    (several runs at one budget)."""
     run = Path(run)
     cfg = load_run(run)
     ground = run / GROUND
@@ -84,11 +93,13 @@ def curve_point(run: str | Path, minutes: float | None = None) -> dict[str, Any]
                          "step count); give the point's minutes as MINUTES=RUN")
     point: dict[str, Any] = {
         "run": str(run),
+        **({"recipe": recipe} if recipe is not None else {}),
         "budget_minutes": budget,
         "budget_from": "argument" if minutes is not None else "ground.budget_minutes",
         "steps": metrics["steps"],
         "dtype": metrics.get("dtype"),
         "train_minutes": metrics["train_seconds"] / 60,
+        "step_seconds": metrics.get("step_seconds"),
         "stage_wall_minutes": stage["wall_s"] / 60 if "wall_s" in stage else None,
         "stage_cpu_minutes": stage["cpu_s"] / 60 if "cpu_s" in stage else None,
         "action_accuracy": metrics["rollout_teacher_forced"]["action_accuracy"],
@@ -128,6 +139,18 @@ def parse_point(text: str) -> tuple[str, float | None]:
                          ) from None
 
 
+def parse_recipe(text: str) -> tuple[str, str]:
+    """`NAME=RUN` -> (RUN, NAME)."""
+    name, sep, run = text.partition("=")
+    if not sep or not name or not run:
+        raise ValueError(f"{text!r}: expected NAME=RUN, e.g. no-explain=runs/recipes/no-explain")
+    return run, name
+
+
+def _point_name(p: dict[str, Any]) -> str:
+    return p["recipe"] if "recipe" in p else f"{p['budget_minutes']:g}"
+
+
 def apply_llm_policy(point: dict[str, Any], pattern: str) -> None:
     """The LLM-as-policy success per level from `kalm evaluate --json` files (PATTERN with
     `{level}`) instead of the run's own row: points whose runs evaluated on different halves
@@ -165,16 +188,18 @@ def _pct(v: float | None) -> str:
 
 def table(points: list[dict[str, Any]], bc: float | None) -> str:
     levels = list(dict.fromkeys(lv for p in points for lv in p["levels"]))
-    head = ["budget (min)", "steps", "dtype", "action acc. (%)", "one-step RMSE (m)",
-            "explanation (%)"]
+    first = "recipe" if any("recipe" in p for p in points) else "budget (min)"
+    head = [first, "steps", "dtype", "action acc. (%)", "one-step RMSE (m)",
+            "explanation (%)", "s/step"]
     for lv in levels:
         head += [f"{lv}: replayed / random (%, diag.)", f"{lv}: kept (right, diag.)",
                  f"{lv}: LLM as policy (%)"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for p in points:
-        cells = [f"{p['budget_minutes']:g}", str(p["steps"]),
+        step_s = p.get("step_seconds")
+        cells = [_point_name(p), str(p["steps"]),
                  str(p["dtype"]), _pct(p["action_accuracy"]), f"{p['one_step_rmse_m']:.3f}",
-                 _pct(p["explanation_accuracy"])]
+                 _pct(p["explanation_accuracy"]), "-" if step_s is None else f"{step_s:.2f}"]
         for lv in levels:
             r = p["levels"].get(lv, {})
             cells += [f"{_pct(r.get('replayed'))} / {_pct(r.get('random_replayed'))}",
@@ -188,12 +213,12 @@ def table(points: list[dict[str, Any]], bc: float | None) -> str:
     if dev:
         lines += ["", "Dev half, success in the real simulator (%), mean ± std over seeds:", ""]
         algos = list(dict.fromkeys(a for p in dev for a in p["dev_success"]))
-        head = ["budget (min)", "level"] + [f"{a.upper()} {m}" for a in algos
+        head = [first, "level"] + [f"{a.upper()} {m}" for a in algos
                                             for m in ("real only", "KALM")]
         lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for p in dev:
             for lv in levels:
-                cells = [f"{p['budget_minutes']:g}", lv]
+                cells = [_point_name(p), lv]
                 for a in algos:
                     s = p["dev_success"].get(a, {})
                     cells += [fmt_rate(s.get("baseline", {}).get(lv, [])),
@@ -252,6 +277,9 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", metavar="[MINUTES=]RUN",
                     help="run folders, one per grounding budget; MINUTES for one grounded "
                          "for a fixed step count")
+    ap.add_argument("--recipes", action="store_true",
+                    help="a recipe comparison at one budget: RUN arguments are NAME=RUN, kept "
+                         "in the order given, and there is no plot")
     ap.add_argument("--json", type=Path, help="write the points here")
     ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     ap.add_argument("--no-bc", action="store_true", help="skip the BC policy's accuracy")
@@ -259,8 +287,13 @@ def main() -> None:
                     help="the point's LLM-as-policy row from `kalm evaluate --json` files, "
                          "PATTERN with {level}")
     args = ap.parse_args()
-    points = sorted((curve_point(*parse_point(r)) for r in args.runs),
-                    key=lambda p: p["budget_minutes"])
+    if args.recipes:
+        if args.plot:
+            raise SystemExit("--plot draws the curve against minutes; not with --recipes")
+        points = [curve_point(run, recipe=name) for run, name in map(parse_recipe, args.runs)]
+    else:
+        points = sorted((curve_point(*parse_point(r)) for r in args.runs),
+                        key=lambda p: p["budget_minutes"])
     for spec in args.llm_policy:
         pattern, minutes = parse_point(spec)
         match = [p for p in points if p["budget_minutes"] == minutes]

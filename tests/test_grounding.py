@@ -530,6 +530,35 @@ def test_time_budget_schedule_survives_a_resume(tmp_path, tokenizer, monkeypatch
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_budget_is_refitted_shorter_as_steps_slow_down(tmp_path, tokenizer, monkeypatch):
+    """Steps get slower as a CPU run goes on, so the probe's fit overshoots: every validation
+    refits the length to the recent step time. A shorter refit is adopted (the schedule then
+    ends at the new length, at min_lr), a longer one is not (the learning rate never rises)."""
+    import kalm.llm.train as train_mod
+
+    real_fit = train_mod.fit_budget
+    lengths = iter([30, 40, 25, 9])  # probe, then refits at steps 10 (longer), 20 (shorter)
+    seen = []
+
+    def fit(cfg, step, elapsed, step_s, *costs):
+        n = next(lengths)
+        seen.append((step, n))
+        return n, {**real_fit(cfg, step, elapsed, step_s, *costs)[1], "steps": n}
+
+    monkeypatch.setattr(train_mod, "fit_budget", fit)
+    result = _train(tmp_path, tokenizer, "g", steps=None, budget_minutes=5.0, bf16=False,
+                    warmup_steps=3, eval_every=10, save_every=50, lr=1e-2, min_lr_ratio=0.1)
+    assert seen == [(4, 30), (10, 40), (20, 25)]  # none at the last step (25)
+    assert result["steps"] == 25 and result["budget"]["steps"] == 25
+    assert [(r["at_step"], r["steps"]) for r in result["budget"]["refits"]] == [(20, 25)]
+    assert result["budget"]["fitted_at_step"] == 4  # the probe's numbers are kept
+    meta = json.loads((tmp_path / "g" / "kalm_model.json").read_text())["train"]
+    assert meta["steps"] == meta["steps_done"] == 25 and meta["budget"]["steps"] == 25
+    lrs = _lrs(tmp_path / "g")
+    assert len(lrs) == 25 and all(a >= b for a, b in itertools.pairwise(lrs[2:]))
+    assert lrs[-1] == pytest.approx(1e-3, rel=1e-9)  # the shorter schedule completes
+
+
 def test_new_layers_learn_at_head_lr_scale_times_the_adapter_rate(tmp_path, tokenizer):
     """Two optimizer groups: the LoRA adapter at lr, the new embeddings and heads at
     lr * head_lr_scale, both scaled by the same schedule."""

@@ -153,3 +153,21 @@ def test_llm_policy_rows_come_from_evaluate_files_when_given(tmp_path):
         bench.apply_llm_policy(point, str(tmp_path / "ev-{level}.json"))
     with pytest.raises(FileNotFoundError, match="kalm evaluate"):
         bench.apply_llm_policy(point, str(tmp_path / "missing-{level}.json"))
+
+
+def test_recipes_are_named_points_at_one_budget_in_the_order_given(tmp_path):
+    """A recipe comparison: NAME=RUN points keep their names and order (no sorting by
+    minutes, which would tie), and the table's first column is the recipe."""
+    bench = load_benchmark("grounding_curve")
+    _write_run(tmp_path / "base", 16.0, 0.115, 0.092, 131)
+    _write_run(tmp_path / "alt", 16.0, 0.2, 0.15, 150)
+    points = [bench.curve_point(run, recipe=name) for run, name in map(
+        bench.parse_recipe, [f"quick={tmp_path / 'base'}", f"no-explain={tmp_path / 'alt'}"])]
+    assert [p["recipe"] for p in points] == ["quick", "no-explain"]
+    text = bench.table(points, bc=None)
+    lines = text.splitlines()
+    assert lines[0].startswith("| recipe | steps")
+    assert lines[2].startswith("| quick | 560 |") and lines[3].startswith("| no-explain | 560 |")
+    assert "| 20.0 | 0.070 |" in lines[3]
+    with pytest.raises(ValueError, match="NAME=RUN"):
+        bench.parse_recipe("runs/recipes/x")

@@ -467,6 +467,17 @@ def fit_budget(cfg: GroundConfig, step: int, elapsed_s: float, step_s: float, ev
     return total, plan
 
 
+def refit_budget(plan: dict[str, Any], refit: tuple[int, dict[str, Any]]
+                 ) -> tuple[int, dict[str, Any]]:
+    """A later fit of the same budget: the first plan's numbers stay (what the probe saw), the
+    new length and the step time it used are appended to `refits`."""
+    total, new = refit
+    refits = [*plan.get("refits", []), {"at_step": new["fitted_at_step"],
+                                         "step_s": new["step_s"], "steps": total}]
+    return total, {**plan, "steps": total, "refits": refits,
+                   "predicted_total_s": new["predicted_total_s"]}
+
+
 def throughput(step_times: list[float], token_counts: list[tuple[int, int]]
                ) -> dict[str, float | None]:
     """Tokens per step and per second of this process (the first step warms up and is left
@@ -564,6 +575,29 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
 
     if total is not None:
         set_total(total)
+    # the budget's measured costs (validation, checkpoint, metrics) in the process that fitted
+    # it; a resumed run keeps the schedule its checkpoint stored and does not refit
+    costs: tuple[float, float, float] | None = None
+    refit_from = 0
+
+    def follow_plan(fitted: tuple[int, dict[str, Any]],
+                    current: tuple[int, dict[str, Any]] | None = None
+                    ) -> tuple[int, dict[str, Any]]:
+        """Adopt the main process's fit on every process; with CURRENT (a refit), only a
+        shorter run is adopted."""
+        box = list(fitted)
+        broadcast_object_list(box)  # every process follows the main one's plan
+        n, new_plan = int(box[0]), box[1]
+        if current is not None:
+            if n >= current[0]:
+                return current
+            n, new_plan = refit_budget(current[1], (n, new_plan))
+        set_total(n)
+        g.meta["train"]["budget"] = new_plan
+        bar.total = n
+        bar.refresh()
+        return n, new_plan
+
     stream = (total if total is not None else _UNBOUNDED_STEPS) * acc.num_processes
     samples = GroundingSamples(len(g.train_data), cfg.batch_size, stream, cfg.objectives,
                                cfg.seed)
@@ -641,17 +675,23 @@ def ground(cfg: GroundConfig, resume: bool = False, backbone: Backbone | None = 
                 computed_positions(b["attention_mask"].sum(1).tolist(), cfg.length_groups)
                 for b in val_batches)) if acc.is_main_process else 0.0
             timed = step_times[1:] if len(step_times) > 2 else step_times
-            box = list(fit_budget(cfg, step, time.time() - t_start, float(np.mean(timed)),
-                                  eval_s, save_s, metrics_s))
-            broadcast_object_list(box)  # every process follows the main one's plan
-            total, plan = int(box[0]), box[1]
-            set_total(total)
-            bar.total = total
-            bar.refresh()
+            costs = (eval_s, save_s, metrics_s)
+            refit_from = len(step_times)
+            total, plan = follow_plan(fit_budget(cfg, step, time.time() - t_start,
+                                                 float(np.mean(timed)), *costs))
             checkpoint(step)
         timed_out = ((cfg.time_limit_minutes is not None
                       and time.time() - t0 > 60 * cfg.time_limit_minutes)
                      or (cfg.stop_at_step is not None and step >= cfg.stop_at_step))
+        if (not fitted_now and costs is not None and plan is not None
+                and step % cfg.eval_every == 0 and step < total):
+            # steps slow down as a CPU run goes on (1.2 s when probed, ~2 s after 300 steps
+            # of CLEVR in bf16): refit the length to the recent step time so the run ends
+            # inside its budget; only ever shorter, so the learning rate never rises again
+            recent = float(np.mean(step_times[refit_from:]))
+            refit_from = len(step_times)
+            total, plan = follow_plan(
+                fit_budget(cfg, step, time.time() - t_start, recent, *costs), (total, plan))
         last = (total is not None and step >= total) or timed_out
         if not fitted_now:
             if val_batches and (step % cfg.eval_every == 0 or last):
