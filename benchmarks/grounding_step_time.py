@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kalm.config import from_dict
 from kalm.llm.train import GroundConfig, ground
 
 
 def _config(folder: Path) -> GroundConfig:
-    raw = json.loads((folder / "ground_config.json").read_text())
-    from kalm.config import from_dict
-
-    return from_dict(GroundConfig, raw)
+    return from_dict(GroundConfig, json.loads((folder / "ground_config.json").read_text()))
 
 
 def _step_seconds(out: Path, start: int) -> list[float]:
@@ -45,16 +43,18 @@ def _step_seconds(out: Path, start: int) -> list[float]:
     return [t[b] - t[a] for a, b in itertools.pairwise(steps)]
 
 
-def arm(cfg: GroundConfig, checkpoint: Path | None, steps: int, flush: bool) -> float:
-    """Mean seconds per step (the first step after the start left out) of STEPS steps. CFG
-    holds the original run's fixed step count (its schedule) and precision."""
+def arm(cfg: GroundConfig, checkpoint: tuple[Path, int] | None, steps: int,
+        flush: bool) -> float:
+    """Mean seconds per step (the first step after the start left out) of STEPS steps, from
+    the start or from CHECKPOINT (its file and step). CFG holds the original run's fixed step
+    count (its schedule) and precision."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "g"
         (out / "checkpoints").mkdir(parents=True)
         start = 0
         if checkpoint is not None:
-            shutil.copy(checkpoint, out / "checkpoints" / checkpoint.name)
-            start = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["step"])
+            path, start = checkpoint
+            shutil.copy(path, out / "checkpoints" / path.name)
         run = dataclasses.replace(cfg, out=str(out), stop_at_step=start + steps,
                                   eval_every=10**9, save_every=10**9, metrics_episodes=0,
                                   explain_episodes=0)
@@ -76,11 +76,11 @@ def main() -> None:
     ckpts = sorted((args.ground / "checkpoints").glob("step-*.pt"))
     if not ckpts:
         raise SystemExit(f"{args.ground}/checkpoints: no step-*.pt checkpoint to resume from")
-    late = None
+    late: tuple[Path, int] | None = None
     for ckpt in reversed(ckpts):  # the latest with STEPS steps of its schedule left to run
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state["step"] + args.steps <= (state.get("total_steps") or 10**9):
-            late = ckpt
+            late = (ckpt, int(state["step"]))
             break
     if late is None:
         raise SystemExit(f"{args.ground}/checkpoints: no checkpoint with {args.steps} steps of "
@@ -90,8 +90,8 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, budget_minutes=None, steps=int(metrics["steps_planned"]),
                               bf16=metrics["dtype"] == "bfloat16")
     arms = {"fresh start, flush off": (None, False), "fresh start, flush on": (None, True),
-            f"from {late.stem}, flush off": (late, False),
-            f"from {late.stem}, flush on": (late, True)}
+            f"from {late[0].stem}, flush off": (late, False),
+            f"from {late[0].stem}, flush on": (late, True)}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):
         for name, (ckpt, flush) in arms.items():
