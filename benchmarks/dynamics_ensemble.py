@@ -312,7 +312,8 @@ def main() -> None:
         cfg = ens.config
     else:
         ens = DynamicsEnsemble.fit(real, cfg, bounds=definition.clamp_box(),
-                                   threads=args.threads)
+                                   threads=args.threads,
+                                   symmetry=definition.dynamics_symmetry)
     fit_s = time.perf_counter() - t0
     if args.save:
         ens.save(args.save)

@@ -315,7 +315,8 @@ def _fit_or_load(data: EpisodeData, definition: EnvDefinition, folder: Path | No
         return ens, None
     t0 = time.perf_counter()
     ens = DynamicsEnsemble.fit(data, cfg or DynamicsConfig(), bounds=definition.clamp_box(),
-                               progress=False, threads=1)
+                               progress=False, threads=1,
+                               symmetry=definition.dynamics_symmetry)
     wall = time.perf_counter() - t0
     if folder is not None:
         ens.save(folder)

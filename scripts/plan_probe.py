@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kalm.data.episodes import read_episodes
+from kalm.data.episodes import Episode, EpisodeData, read_episodes
 from kalm.data.suites import load_builtin_suite
 from kalm.envs.registry import get_env
 from kalm.imagination.dynamics import DynamicsEnsemble
 from kalm.imagination.planner import plan, plan_level, planner_settings, proposals_by_task
 from kalm.imagination.relabel import RelabelConfig, first_proposals
+from kalm.imagination.stage import ImagineConfig, task_starts
 from kalm.run_folder import DYNAMICS, imagined_data, load_run
 
 
@@ -42,6 +43,22 @@ def parse_setting(text: str) -> dict[str, object]:
         return planner_settings(text)
     except ValueError as exc:
         raise SystemExit(f"--set {text}: {exc}") from None
+
+
+def level_tasks(run: Path, cfg, level: str) -> tuple[EpisodeData | None, list[Episode]]:
+    """(the imagine stage's file, its first proposals) of LEVEL; where the run imagined no such
+    level, (None, the tasks its imagine stage would have decoded: same goals and starts)."""
+    path = imagined_data(run, level)
+    if path.exists():
+        data = read_episodes(path)
+        return data, first_proposals(data).episodes()
+    if level not in cfg.imagine.levels:
+        raise SystemExit(f"{run}: level {level!r} is neither imagined nor in imagine.levels")
+    im = cfg.imagine
+    print(f"(no {path}: tasks built from the run's imagine settings, uniform prior only)")
+    return None, task_starts(ImagineConfig(suite=level, per_goal=im.levels[level],
+                                           seed=im.seed, max_steps=im.max_steps,
+                                           goals=im.goals), cfg.env)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,17 +82,20 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_run(args.run)
     definition = get_env(cfg.env)
-    data = read_episodes(imagined_data(args.run, args.level))
-    tasks = first_proposals(data)
+    data, tasks = level_tasks(args.run, cfg, args.level)
     half = {json.dumps(g, sort_keys=True)
             for g in load_builtin_suite(args.level, cfg.env, args.split).goals}
-    keep = [i for i in range(len(tasks)) if json.dumps(tasks.episode(i).goal, sort_keys=True)
-            in half]
+    keep = [i for i in range(len(tasks)) if json.dumps(tasks[i].goal, sort_keys=True) in half]
     if args.tasks is not None and args.tasks < len(keep):
         keep = sorted(np.random.default_rng(0).choice(keep, args.tasks, replace=False))
-    tasks = tasks.subset(np.asarray(keep))
-    proposals = proposals_by_task(data)
-    dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS, spec=data.spec)
+    tasks = [tasks[i] for i in keep]
+    proposals = proposals_by_task(data) if data is not None else {}
+    if data is None and any(parse_setting(t).get("prior", cfg.planner.prior) != "uniform"
+                            for t in args.settings or ["prior=uniform"]):
+        raise SystemExit(f"{args.run}: no imagine stage for {args.level}, so no LLM proposals: "
+                         f"only prior=uniform can be probed")
+    dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS,
+                                     spec=definition.episode_spec(cfg.env))
     judge = RelabelConfig(min_votes=cfg.label.min_votes)
     print(f"{args.level} ({args.split} half): {len(tasks)} tasks; judge min_votes "
           f"{judge.min_votes}")

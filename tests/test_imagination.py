@@ -12,7 +12,7 @@ from kalm.envs.clevr.env import CLEVRRobotEnv
 from kalm.envs.clevr.goals import is_success
 from kalm.envs.clevr.realism import check_transitions, replay
 from kalm.envs.clevr.rewards import episode_rewards
-from kalm.imagination.stage import UNREALISTIC, ImagineConfig, imagine, summarize
+from kalm.imagination.stage import UNREALISTIC, ImagineConfig, imagine, summarize, task_starts
 from kalm.llm.backbone import tiny_backbone
 from kalm.llm.generate import imagine_batch
 from kalm.llm.model import ModelConfig
@@ -360,3 +360,26 @@ def test_best_of_n_proposals_share_the_start_state_and_proposal_zero_is_the_plai
         assert chosen == (ok.index(True) if any(ok) else 0)
     with pytest.raises(ValueError, match="proposals"):
         imagine(ImagineConfig(out=str(tmp_path / "x.h5"), proposals=0, **plain), model=model)
+
+
+def test_task_starts_are_the_goals_and_starts_imagine_decodes_from(model, tmp_path):
+    suite = tmp_path / "s.jsonl"
+    lines = [{"instruction": "Red left of blue.", "level": "rephrase", "goal": GOAL},
+             {"instruction": "Shove green forward.", "level": "easy",
+              "goal": {"kind": "push", "object": "green", "direction": "front"}}]
+    suite.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = ImagineConfig(out=str(tmp_path / "im.h5"), suite_file=str(suite), per_goal=3,
+                        max_steps=4, seed=7)
+    imagine(cfg, model=model, progress=False)
+    decoded = read_episodes(tmp_path / "im.h5")
+    tasks = task_starts(cfg, "clevr")
+    assert len(tasks) == len(decoded) == 6 and all(t.length == 0 for t in tasks)
+    for i, t in enumerate(tasks):
+        d = decoded.episode(i)
+        assert t.goal == d.goal and t.instruction == d.instruction
+        np.testing.assert_array_equal(t.observations[0], d.observations[0])
+        assert str(t.extras["level"]) == str(d.extras["level"])
+    assert [int(t.extras["task_index"]) for t in tasks] == list(range(6))
+    # a different seed draws other start states
+    other = task_starts(ImagineConfig(suite_file=str(suite), per_goal=3, seed=8), "clevr")
+    assert not np.array_equal(other[0].observations, tasks[0].observations)

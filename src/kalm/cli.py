@@ -528,7 +528,11 @@ def imagine(model_dir, suite, suite_file, per_goal, out, batch_size, max_steps, 
 @click.option("--epochs", type=int, default=100, show_default=True,
               help="At most; early stopping on held-out episodes usually ends sooner.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def dynamics(real, out, members, hidden, epochs, seed) -> None:
+@click.option("--symmetric-copies", type=int, default=0, show_default=True,
+              help="Extra copies of every training episode under random exact symmetries of "
+                   "the env's physics (its `dynamics_symmetry`; CLEVR: balls relabelled, table "
+                   "mirrored).")
+def dynamics(real, out, members, hidden, epochs, seed, symmetric_copies) -> None:
     """Fit a dynamics ensemble on real transitions, to judge imagined rollouts without the
     simulator (`kalm relabel`)."""
     from kalm.data.episodes import EpisodeFileError, read_episodes
@@ -539,8 +543,9 @@ def dynamics(real, out, members, hidden, epochs, seed) -> None:
         data = read_episodes(real)
         definition = get_env(data.spec.env)
         ens = DynamicsEnsemble.fit(
-            data, DynamicsConfig(members=members, hidden=hidden, epochs=epochs, seed=seed),
-            bounds=definition.clamp_box())
+            data, DynamicsConfig(members=members, hidden=hidden, epochs=epochs, seed=seed,
+                                 symmetric_copies=symmetric_copies),
+            bounds=definition.clamp_box(), symmetry=definition.dynamics_symmetry)
     except (EpisodeFileError, EnvError, ValueError) as exc:
         _fail(exc)
     ens.save(out)

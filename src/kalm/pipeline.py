@@ -208,7 +208,7 @@ def write_level_suite(suite_file: str, level: str, out: Path, env: str) -> Path:
 # adding an option does not make every finished stage look changed.
 LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes": None,
                                 "head_lr_scale": 1.0, "min_votes": None, "env_version": 1,
-                                "rollout_steps": 1}
+                                "rollout_steps": 1, "symmetric_copies": 0}
 # the same for fields of the grounding's `model` section
 LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21}
 # Settings that change speed or placement, never results.
@@ -312,7 +312,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             definition = get_env(cfg.env)
             ens = DynamicsEnsemble.fit(read_episodes(real_data(root)), cfg.dynamics,
                                        bounds=definition.clamp_box(),
-                                       threads=None)
+                                       threads=None,
+                                       symmetry=definition.dynamics_symmetry)
             ens.save(folder)
             return [folder / WEIGHTS, folder / META]
 

@@ -161,6 +161,11 @@ class EnvDefinition:
       `project_state(prev (..., obs), actions (...), state (..., obs)) -> state`, a predicted
       next state put back among the states the env can produce (CLEVR: overlapping balls
       moved apart as the contact would), applied after every step of a planner's model;
+    - `dynamics_symmetry(observations (N, T+1, obs), actions (N, T[, act]), rng) -> (same)`
+      (optional): each row under a random exact symmetry of the env's physics (CLEVR: the balls
+      relabelled, the table mirrored), so that a model of the dynamics can learn from
+      symmetric copies of the real transitions (`DynamicsConfig.symmetric_copies`); goals and
+      rewards need not survive it;
     - `gym_id` (optional): the Gymnasium id the env is registered under, written into exported
       datasets (Minari) so that other tools can make the env from the data.
     """
@@ -202,6 +207,7 @@ class EnvDefinition:
     goal_distance: Callable[..., np.ndarray] | None = None
     batch_plausible: Callable[..., np.ndarray] | None = None
     project_state: Callable[..., np.ndarray] | None = None
+    dynamics_symmetry: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         s = self.spec

@@ -41,7 +41,7 @@ from kalm.llm.train import split_episodes  # the grounding split: same held-out 
 
 __all__ = ["DynamicsConfig", "DynamicsEnsemble", "DynamicsFileError", "Normaliser",
            "Transitions", "check_spec", "encode_actions", "split_episodes", "torch_threads",
-           "transitions"]
+           "transitions", "with_symmetric_copies"]
 
 FORMAT = "kalm-dynamics-1"
 WEIGHTS = "dynamics.safetensors"
@@ -87,6 +87,11 @@ class DynamicsConfig:
     # error over the same number of steps. 1: the one-step fit. The planner trusts many-step
     # predictions, which a one-step fit never sees (its errors compound off the data)
     rollout_steps: int = 1
+    # extra copies of every training episode, each under a random exact symmetry of the env's
+    # physics (its definition's `dynamics_symmetry`: CLEVR's relabelled balls and mirrored
+    # table); the held-out episodes stay as they are, so early stopping and every diagnostic
+    # still measure real transitions. 0: the real episodes only
+    symmetric_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,34 @@ def transitions(data: EpisodeData, episodes: Sequence[int] | np.ndarray | None =
                        data.actions[eps, steps],
                        data.observations[eps, steps + 1].astype(np.float32),
                        eps.astype(np.int64), steps.astype(np.int64))
+
+
+def with_symmetric_copies(data: EpisodeData, copies: int,
+                          symmetry: Callable[..., tuple[np.ndarray, np.ndarray]],
+                          rng: np.random.Generator) -> EpisodeData:
+    """DATA followed by COPIES copies of it, each episode of each copy under its own random
+    symmetry (an env's `dynamics_symmetry`). Only observations and actions change: the copies
+    are transitions for a dynamics model, their goals and rewards are the originals'."""
+    obs, acts = [data.observations], [data.actions]
+    for _ in range(copies):
+        o, a = symmetry(data.observations, data.actions, rng)
+        o, a = np.asarray(o), np.asarray(a)
+        if o.shape != data.observations.shape or a.shape != data.actions.shape:
+            raise ValueError(f"env {data.spec.env!r}: dynamics_symmetry returned shapes "
+                             f"{o.shape} / {a.shape}, expected {data.observations.shape} / "
+                             f"{data.actions.shape}")
+        obs.append(o.astype(data.observations.dtype))
+        acts.append(a.astype(data.actions.dtype))
+    n = copies + 1
+
+    def tiled(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x] * n)
+
+    return EpisodeData(data.spec, np.concatenate(obs), np.concatenate(acts),
+                       tiled(data.rewards), tiled(data.terminals), tiled(data.lengths),
+                       data.instructions * n, data.goals * n, source=data.source,
+                       attrs=dict(data.attrs),
+                       successes=None if data.successes is None else tiled(data.successes))
 
 
 def encode_actions(spec: EnvSpecInfo, actions: np.ndarray, rows: int) -> np.ndarray:
@@ -233,24 +266,39 @@ class DynamicsEnsemble:
     @classmethod
     def fit(cls, data: EpisodeData, cfg: DynamicsConfig | None = None,
             bounds: tuple[Sequence[float], Sequence[float]] | None = None,
-            progress: bool = True, threads: int | None = 1) -> DynamicsEnsemble:
+            progress: bool = True, threads: int | None = 1,
+            symmetry: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+            ) -> DynamicsEnsemble:
         """Fit on the real episodes of `data`; `cfg.val_fraction` of the episodes are held out
         for early stopping: `split_episodes(len(data), val_fraction, seed)`, the split `kalm
         ground` makes, so with the same seed and fraction both hold out the same episodes.
         `bounds` (low, high) is the box predicted states are clamped to (kalm's commands pass
         the env definition's `clamp_box()`: its state box joined with its reset box, so no
         start state is moved); `threads` (speed only) the torch threads to train with, None
-        for torch's setting."""
+        for torch's setting; `symmetry` the env definition's `dynamics_symmetry`, which
+        `cfg.symmetric_copies` needs."""
         cfg = cfg or DynamicsConfig()
         if cfg.members < 1 or cfg.layers < 0 or cfg.hidden < 1 or cfg.batch_size < 1:
             raise ValueError(f"invalid DynamicsConfig {cfg}")
         if cfg.rollout_steps < 1:
             raise ValueError(f"dynamics rollout_steps must be >= 1, got {cfg.rollout_steps}")
+        if cfg.symmetric_copies < 0:
+            raise ValueError(f"dynamics symmetric_copies must be >= 0, got "
+                             f"{cfg.symmetric_copies}")
+        if cfg.symmetric_copies and symmetry is None:
+            raise ValueError(f"dynamics symmetric_copies={cfg.symmetric_copies} needs the env's "
+                             f"`dynamics_symmetry` hook; env {data.spec.env!r} has none (set "
+                             f"symmetric_copies: 0)")
         if data.source != "real":
             raise ValueError(f"the dynamics ensemble learns from real episodes only, got "
                              f"{data.source!r} data")
         train_eps, val_eps = split_episodes(len(data), cfg.val_fraction, cfg.seed)
-        tr = transitions(data, train_eps)
+        train = data.subset(train_eps)
+        if cfg.symmetric_copies:
+            assert symmetry is not None
+            train = with_symmetric_copies(train, cfg.symmetric_copies, symmetry,
+                                          np.random.default_rng(cfg.seed))
+        tr = transitions(train)
         if len(tr) == 0:
             raise ValueError("no training transitions")
         va = transitions(data, val_eps)
@@ -271,9 +319,10 @@ class DynamicsEnsemble:
                 y_va = ens._targets(va.states, va.next_states)
                 ens.training = ens._train(x_tr, y_tr, x_va, y_va, gen, progress)
             else:
-                ens.training = ens._train(ens._windows(data, tr), None,
+                ens.training = ens._train(ens._windows(train, tr), None,
                                           ens._windows(data, va), None, gen, progress)
         ens.training.update(train_episodes=len(train_eps), val_episodes=len(val_eps),
+                            symmetric_copies=cfg.symmetric_copies,
                             train_transitions=len(tr), val_transitions=len(va))
         if len(va):  # what "in distribution" means, for choosing a truncation threshold
             u = ens.disagreement(va.states, va.actions)

@@ -410,13 +410,14 @@ def proposals_by_task(imagined: EpisodeData) -> dict[int, list[np.ndarray]]:
     return out
 
 
-def plan(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
+def plan(tasks: EpisodeData | Sequence[Episode], dynamics: Dynamics, definition: EnvDefinition,
          cfg: PlannerConfig | None = None, proposals: dict[int, list[np.ndarray]] | None = None,
          judge: RelabelConfig | None = None, progress: bool = True, replay: bool = True,
          usage: dict[str, float] | None = None) -> list[Episode]:
-    """One planned rollout per episode of TASKS (its goal, instruction and initial state), the
-    LLM's PROPOSALS (task index -> action sequences) as the `llm` prior. USAGE receives the
-    CPU-seconds the planning took (the replay diagnostic not counted) and candidates scored."""
+    """One planned rollout per episode of TASKS (its goal, instruction and initial state; an
+    episode file or `stage.task_starts`' zero-step episodes), the LLM's PROPOSALS (task index
+    -> action sequences) as the `llm` prior. USAGE receives the CPU-seconds the planning took
+    (the replay diagnostic not counted) and candidates scored."""
     cfg = cfg or PlannerConfig()
     judge = judge or RelabelConfig()
     if cfg.prior == "llm" and not proposals:
@@ -425,16 +426,15 @@ def plan(tasks: EpisodeData, dynamics: Dynamics, definition: EnvDefinition,
     rng = np.random.default_rng(cfg.seed)
     dynamics = projected(dynamics, definition, cfg)
     env = make_env(definition)
-    index = tasks.extras.get("task_index")
+    templates = tasks.episodes() if isinstance(tasks, EpisodeData) else list(tasks)
     out: list[Episode] = []
     spent, tried = 0.0, 0
     try:
-        for i in tqdm(range(len(tasks)), desc=f"plan ({cfg.prior} prior)", unit="task",
-                      disable=not progress):
+        for i, template in enumerate(tqdm(templates, desc=f"plan ({cfg.prior} prior)",
+                                          unit="task", disable=not progress)):
             t0 = time.process_time()
-            template = tasks.episode(i)
             goal, s0 = dict(template.goal), np.asarray(template.observations[0], np.float32)
-            task = int(index[i]) if index is not None else i
+            task = int(template.extras.get("task_index", i))
             own = (proposals or {}).get(task, [])
             result = plan_task(definition, goal, s0, dynamics, env.action_space, cfg, judge,
                                rng, own)

@@ -91,6 +91,31 @@ def plan_tasks(cfg: ImagineConfig, env: EnvLike = "clevr") -> list[Task]:
     return tasks
 
 
+def task_starts(cfg: ImagineConfig, env: EnvLike = "clevr") -> list[Episode]:
+    """The tasks `imagine` would decode for CFG, without a model: one zero-step episode per
+    task holding its goal, instruction and the very start state `imagine` resets to (the same
+    seeds), with `level` and `task_index` extras. What a search that needs no LLM (the
+    planner's uniform prior) plans from where no imagine stage has run. (A list: an episode
+    file holds no zero-step episodes.)"""
+    definition = get_env(env)
+    tasks = plan_tasks(cfg, definition)
+    sim = make_env(definition, cfg.init_region)
+    try:
+        episodes = []
+        for t in tasks:
+            s0, _ = reset_unsolved(sim, t.goal, t.instruction, episode_seed(cfg.seed, t.index),
+                                   t.init)
+            empty = np.zeros((0, *sim.action_space.shape), np.int64 if
+                             definition.spec.action_type == "discrete" else np.float32)
+            episodes.append(Episode(np.asarray(s0, np.float32)[None], empty,
+                                    np.zeros(0, np.float32), np.zeros(0, bool), t.instruction,
+                                    t.goal, extras={"level": str(t.level),
+                                                    "task_index": t.index}))
+    finally:
+        sim.close()
+    return episodes
+
+
 def sampling_seed(seed: int, index: int) -> int:
     """The seed of task `index`'s action sampling: its own stream, apart from the reset seed
     `episode_seed(seed, index)` of the same task."""

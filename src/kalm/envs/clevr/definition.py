@@ -27,6 +27,7 @@ from kalm.envs.clevr.planning import batch_successes, goal_distance
 from kalm.envs.clevr.published import published_goal
 from kalm.envs.clevr.realism import batch_plausible
 from kalm.envs.clevr.rewards import episode_rewards
+from kalm.envs.clevr.symmetry import random_symmetry
 
 LEVELS = ("train", "rephrase", "easy", "hard")
 
@@ -110,6 +111,7 @@ CLEVR = EnvDefinition(
     goal_distance=goal_distance,
     batch_plausible=batch_plausible,
     project_state=separate_balls,
+    dynamics_symmetry=random_symmetry,
     # 2: the pusher's contact weights of the reference simulator (scene.match_reference_contacts)
     version=2,
 )
