@@ -32,7 +32,13 @@ from kalm.data.episodes import Episode, EpisodeData, read_episodes
 from kalm.data.suites import load_builtin_suite
 from kalm.envs.registry import get_env
 from kalm.imagination.dynamics import DynamicsEnsemble
-from kalm.imagination.planner import plan, plan_level, planner_settings, proposals_by_task
+from kalm.imagination.planner import (
+    plan,
+    plan_into,
+    plan_level,
+    planner_settings,
+    proposals_by_task,
+)
 from kalm.imagination.relabel import RelabelConfig, first_proposals
 from kalm.imagination.stage import ImagineConfig, task_starts
 from kalm.run_folder import DYNAMICS, imagined_data, load_run
@@ -75,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     ap.add_argument("--write", type=Path, default=None,
                     help="plan the whole level with the one --set into this label folder")
+    ap.add_argument("--per-goal", type=int, default=None,
+                    help="with --write: this many tasks per goal of the level (fresh starts, "
+                         "uniform prior) instead of the imagine stage's")
     args = ap.parse_args(argv)
     if args.write is not None:
         write_level(args)
@@ -131,12 +140,36 @@ def write_level(args: argparse.Namespace) -> None:
     if len(args.settings) != 1:
         raise SystemExit("--write plans with exactly one --set")
     cfg = load_run(args.run)
+    if args.per_goal is not None:
+        write_per_goal(args, cfg)
+        return
     imagined = imagined_data(args.run, args.level)
     spec = read_episodes(imagined).spec
     pc = dataclasses.replace(cfg.planner, **parse_setting(args.settings[0]))
     dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS, spec=spec)
     stats = plan_level(imagined, args.write, dynamics,
                        get_env(cfg.env), pc, judge=RelabelConfig(min_votes=cfg.label.min_votes))
+    d = stats["diagnostic"]
+    print(f"{args.level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "
+          f"{d['replayed_successful_of_kept']} right on replay (diagnostic), "
+          f"{stats['cpu_seconds']:.0f} CPU-s -> {args.write}")
+
+
+def write_per_goal(args: argparse.Namespace, cfg) -> None:
+    """--write with --per-goal: the level's tasks drawn afresh, N per goal (the imagine stage's
+    seeds and starts for that count), planned from the uniform prior (no LLM proposals)."""
+    pc = dataclasses.replace(cfg.planner, **parse_setting(args.settings[0]))
+    if pc.prior != "uniform":
+        raise SystemExit("--per-goal plans tasks the LLM never imagined: prior=uniform only")
+    definition = get_env(cfg.env)
+    im = cfg.imagine
+    tasks = task_starts(ImagineConfig(suite=args.level, per_goal=args.per_goal, seed=im.seed,
+                                      max_steps=im.max_steps, goals=im.goals), cfg.env)
+    dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS,
+                                     spec=definition.episode_spec(cfg.env))
+    stats = plan_into(tasks, args.write, dynamics, definition, pc,
+                      judge=RelabelConfig(min_votes=cfg.label.min_votes),
+                      source=f"{args.level} suite, {args.per_goal} per goal")
     d = stats["diagnostic"]
     print(f"{args.level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "
           f"{d['replayed_successful_of_kept']} right on replay (diagnostic), "

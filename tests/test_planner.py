@@ -19,6 +19,7 @@ from kalm.imagination.planner import (
     PlannerConfig,
     llm_prior,
     plan,
+    plan_into,
     plan_level,
     plan_task,
     proposals_by_task,
@@ -270,6 +271,27 @@ def test_plan_level_writes_the_label_layout_with_its_compute(tmp_path):
     a = read_episodes(tmp_path / "again" / "labelled.h5")
     b = read_episodes(tmp_path / "llm" / "labelled.h5")
     assert np.array_equal(a.actions, b.actions)
+
+
+def test_zero_step_tasks_plan_like_the_imagine_files_first_proposals(tmp_path):
+    # `stage.task_starts` hands the planner tasks with a start state and no steps; the uniform
+    # prior plans them exactly as it plans the same tasks read from an imagine file
+    src = tmp_path / "imagined.h5"
+    write_episodes(_chain_tasks(proposals=1), src)
+    starts = [Episode(e.observations[:1], np.zeros(0, np.int64), np.zeros(0, np.float32),
+                      np.zeros(0, bool), e.instruction, e.goal,
+                      extras={"task_index": int(e.extras["task_index"]), "level": "hard"})
+              for e in read_episodes(src).episodes()]
+    cfg = PlannerConfig(candidates=40, iterations=3, seed=0)
+    from_file = plan_level(src, tmp_path / "file", ChainDynamics(), CHAIN, cfg, progress=False,
+                           judge=ALL_VOTES)
+    from_starts = plan_into(starts, tmp_path / "starts", ChainDynamics(), CHAIN, cfg,
+                            progress=False, judge=ALL_VOTES, source="task starts")
+    assert from_starts["kept"] == from_file["kept"] and from_starts["tasks"] == 3
+    a = read_episodes(tmp_path / "file" / "labelled.h5")
+    b = read_episodes(tmp_path / "starts" / "labelled.h5")
+    assert np.array_equal(a.actions, b.actions) and a.spec == b.spec
+    assert [int(t) for t in b.extras["task_index"]] == [0, 1, 2]
 
 
 def test_the_llm_prior_needs_proposals_and_bad_settings_are_refused():

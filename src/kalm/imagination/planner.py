@@ -466,22 +466,33 @@ def plan_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
     """Plan one rollout for each task of IMAGINED (its first proposal's goal and start; all its
     proposals as the `llm` prior) into OUT_DIR in the label stage's layout."""
     cfg = cfg or PlannerConfig()
-    judge = judge or RelabelConfig()
-    imagined, out_dir = Path(imagined), Path(out_dir)
+    imagined = Path(imagined)
     data = read_episodes(imagined)
-    tasks = first_proposals(data)
+    return plan_into(first_proposals(data), out_dir, dynamics, definition, cfg, progress, judge,
+                     proposals_by_task(data) if cfg.prior == "llm" else None, imagined.name)
+
+
+def plan_into(tasks: EpisodeData | Sequence[Episode], out_dir: str | Path, dynamics: Dynamics,
+              definition: EnvDefinition, cfg: PlannerConfig | None = None,
+              progress: bool = True, judge: RelabelConfig | None = None,
+              proposals: dict[int, list[np.ndarray]] | None = None, source: str = ""
+              ) -> dict[str, Any]:
+    """Plan one rollout per task of TASKS into OUT_DIR in the label stage's layout (SOURCE:
+    where the tasks came from, for the stats)."""
+    cfg = cfg or PlannerConfig()
+    judge = judge or RelabelConfig()
+    out_dir = Path(out_dir)
+    spec = tasks.spec if isinstance(tasks, EpisodeData) else definition.episode_spec()
     t0 = time.perf_counter()
     usage: dict[str, float] = {}
-    episodes = plan(tasks, dynamics, definition, cfg,
-                    proposals_by_task(data) if cfg.prior == "llm" else None, judge, progress,
-                    usage=usage)
+    episodes = plan(tasks, dynamics, definition, cfg, proposals, judge, progress, usage=usage)
     seconds = time.perf_counter() - t0
     kept = sum(bool(e.extras["ensemble_success"]) for e in episodes)
     name = f"planner ({cfg.prior} prior)"
     attrs = {"proposer": name, **{f"planner_{k}": v for k, v in asdict(cfg).items()}}
-    return write_label_folder(out_dir, tasks.spec, episodes, episodes, "ensemble_success", attrs,
+    return write_label_folder(out_dir, spec, episodes, episodes, "ensemble_success", attrs,
                               {"labeller": "ensemble", "proposer": name, "config": asdict(cfg),
-                               "judge": asdict(judge), "source": imagined.name,
+                               "judge": asdict(judge), "source": source,
                                "tasks": len(tasks), "seconds": seconds,
                                "cpu_seconds": usage["cpu_seconds"],
                                "candidates_tried": int(usage["candidates"]),
@@ -490,5 +501,5 @@ def plan_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
 
 
 __all__ = ["PRIORS", "Categorical", "Gaussian", "PlannerConfig", "llm_prior", "plan",
-           "plan_level", "plan_task", "planner_settings", "proposals_by_task", "score_candidates",
-           "uniform_prior"]
+           "plan_into", "plan_level", "plan_task", "planner_settings", "proposals_by_task",
+           "score_candidates", "uniform_prior"]
