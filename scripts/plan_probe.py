@@ -60,11 +60,22 @@ def level_tasks(run: Path, cfg, level: str) -> tuple[EpisodeData | None, list[Ep
         return data, first_proposals(data).episodes()
     if level not in cfg.imagine.levels:
         raise SystemExit(f"{run}: level {level!r} is neither imagined nor in imagine.levels")
-    im = cfg.imagine
     print(f"(no {path}: tasks built from the run's imagine settings, uniform prior only)")
-    return None, task_starts(ImagineConfig(suite=level, per_goal=im.levels[level],
-                                           seed=im.seed, max_steps=im.max_steps,
-                                           goals=im.goals), cfg.env)
+    return None, run_task_starts(cfg, level, cfg.imagine.levels[level])
+
+
+def run_task_starts(cfg, level: str, per_goal: int) -> list[Episode]:
+    """PER_GOAL tasks per goal of LEVEL as the run's imagine stage would draw them."""
+    im = cfg.imagine
+    return task_starts(ImagineConfig(suite=level, per_goal=per_goal, seed=im.seed,
+                                     max_steps=im.max_steps, goals=im.goals), cfg.env)
+
+
+def print_written(level: str, stats: dict, out: Path) -> None:
+    d = stats["diagnostic"]
+    print(f"{level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "
+          f"{d['replayed_successful_of_kept']} right on replay (diagnostic), "
+          f"{stats['cpu_seconds']:.0f} CPU-s -> {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,10 +160,7 @@ def write_level(args: argparse.Namespace) -> None:
     dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS, spec=spec)
     stats = plan_level(imagined, args.write, dynamics,
                        get_env(cfg.env), pc, judge=RelabelConfig(min_votes=cfg.label.min_votes))
-    d = stats["diagnostic"]
-    print(f"{args.level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "
-          f"{d['replayed_successful_of_kept']} right on replay (diagnostic), "
-          f"{stats['cpu_seconds']:.0f} CPU-s -> {args.write}")
+    print_written(args.level, stats, args.write)
 
 
 def write_per_goal(args: argparse.Namespace, cfg) -> None:
@@ -162,18 +170,13 @@ def write_per_goal(args: argparse.Namespace, cfg) -> None:
     if pc.prior != "uniform":
         raise SystemExit("--per-goal plans tasks the LLM never imagined: prior=uniform only")
     definition = get_env(cfg.env)
-    im = cfg.imagine
-    tasks = task_starts(ImagineConfig(suite=args.level, per_goal=args.per_goal, seed=im.seed,
-                                      max_steps=im.max_steps, goals=im.goals), cfg.env)
+    tasks = run_task_starts(cfg, args.level, args.per_goal)
     dynamics = DynamicsEnsemble.load(args.dynamics or args.run / DYNAMICS,
                                      spec=definition.episode_spec(cfg.env))
     stats = plan_into(tasks, args.write, dynamics, definition, pc,
                       judge=RelabelConfig(min_votes=cfg.label.min_votes),
                       source=f"{args.level} suite, {args.per_goal} per goal")
-    d = stats["diagnostic"]
-    print(f"{args.level}: {stats['judged_successful']} of {stats['tasks']} tasks kept, "
-          f"{d['replayed_successful_of_kept']} right on replay (diagnostic), "
-          f"{stats['cpu_seconds']:.0f} CPU-s -> {args.write}")
+    print_written(args.level, stats, args.write)
 
 
 if __name__ == "__main__":

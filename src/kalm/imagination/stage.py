@@ -91,6 +91,14 @@ def plan_tasks(cfg: ImagineConfig, env: EnvLike = "clevr") -> list[Task]:
     return tasks
 
 
+def task_start(env: gym.Env, cfg: ImagineConfig, task: Task) -> tuple[np.ndarray, int]:
+    """(start state, reset seed) of TASK: one place, so that `imagine` and `task_starts` (and
+    so the planner's tasks) start every task from the same state."""
+    seed = episode_seed(cfg.seed, task.index)
+    s0, _ = reset_unsolved(env, task.goal, task.instruction, seed, task.init)
+    return np.asarray(s0, np.float32), seed
+
+
 def task_starts(cfg: ImagineConfig, env: EnvLike = "clevr") -> list[Episode]:
     """The tasks `imagine` would decode for CFG, without a model: one zero-step episode per
     task holding its goal, instruction and the very start state `imagine` resets to (the same
@@ -103,11 +111,10 @@ def task_starts(cfg: ImagineConfig, env: EnvLike = "clevr") -> list[Episode]:
     try:
         episodes = []
         for t in tasks:
-            s0, _ = reset_unsolved(sim, t.goal, t.instruction, episode_seed(cfg.seed, t.index),
-                                   t.init)
+            s0, _ = task_start(sim, cfg, t)
             empty = np.zeros((0, *sim.action_space.shape), np.int64 if
                              definition.spec.action_type == "discrete" else np.float32)
-            episodes.append(Episode(np.asarray(s0, np.float32)[None], empty,
+            episodes.append(Episode(s0[None], empty,
                                     np.zeros(0, np.float32), np.zeros(0, bool), t.instruction,
                                     t.goal, extras={"level": str(t.level),
                                                     "task_index": t.index}))
@@ -169,9 +176,8 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
             skipped.append({"index": t.index, "instruction": t.instruction, "reason": why})
             bar.update(1)
             continue
-        s = episode_seed(cfg.seed, t.index)
-        s0, _ = reset_unsolved(env, t.goal, t.instruction, s, t.init)
-        ready.append((t, steps, s0.astype(np.float32), s))
+        s0, s = task_start(env, cfg, t)
+        ready.append((t, steps, s0, s))
     # every proposal of a task starts from the task's start state; rows sampled at one
     # temperature are decoded together
     rows = [(t, steps, s0, s, j) for t, steps, s0, s in ready for j in range(cfg.proposals)]
