@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from kalm.imagination.planner import (
     proposals_by_task,
 )
 from kalm.imagination.relabel import RelabelConfig, first_proposals
-from kalm.imagination.stage import ImagineConfig, task_starts
+from kalm.imagination.stage import task_starts
+from kalm.pipeline import imagine_settings
 from kalm.run_folder import DYNAMICS, imagined_data, load_run
 
 
@@ -66,9 +68,8 @@ def level_tasks(run: Path, cfg, level: str) -> tuple[EpisodeData | None, list[Ep
 
 def run_task_starts(cfg, level: str, per_goal: int) -> list[Episode]:
     """PER_GOAL tasks per goal of LEVEL as the run's imagine stage would draw them."""
-    im = cfg.imagine
-    return task_starts(ImagineConfig(suite=level, per_goal=per_goal, seed=im.seed,
-                                     max_steps=im.max_steps, goals=im.goals), cfg.env)
+    with tempfile.TemporaryDirectory() as tmp:  # a suite file's level, where the run has one
+        return task_starts(imagine_settings(cfg, level, Path(tmp), per_goal), cfg.env)
 
 
 def print_written(level: str, stats: dict, out: Path) -> None:
@@ -175,7 +176,7 @@ def write_per_goal(args: argparse.Namespace, cfg) -> None:
                                      spec=definition.episode_spec(cfg.env))
     stats = plan_into(tasks, args.write, dynamics, definition, pc,
                       judge=RelabelConfig(min_votes=cfg.label.min_votes),
-                      source=f"{args.level} suite, {args.per_goal} per goal")
+                      source=f"{args.level} suite, {args.per_goal} per goal", env=cfg.env)
     print_written(args.level, stats, args.write)
 
 

@@ -441,7 +441,7 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
                                   "llm_policy", "verified", "expert", "random"]},
         "dynamics": {"epochs": 3, "hidden": 32},
         "shooting": {"candidates": 16, "horizon": 6},
-        "planner": {"candidates": 16, "iterations": 2, "horizon": 6},
+        "planner": {"candidates": 16, "iterations": 2, "horizon": 6, "per_goal": {"unseen": 2}},
         "evaluate": {"levels": ["unseen"], "episodes": 4, "workers": 1,
                      "llm_policy_episodes": 3},
     }
@@ -471,11 +471,16 @@ def test_run_pipeline_on_the_toy_env(tmp_path, tiny_backbone_dir):
     shot = read_episodes(out / "shoot-unseen" / "labelled.h5")
     assert len(shot) == len(imagined) and shot.lengths.max() <= 6
     # the planner rows: one searched rollout per task, from a uniform prior or the LLM's
-    for prior in ("uniform", "llm"):
+    # (the uniform row: 2 fresh tasks per goal, `planner.per_goal`; the LLM row: its 4)
+    for prior, tasks in (("uniform", 4 * 2), ("llm", len(imagined))):
         planned = json.loads((out / f"plan-{prior}-unseen" / "label_stats.json").read_text())
-        assert planned["tasks"] == len(imagined) and planned["config"]["prior"] == prior
+        assert planned["tasks"] == tasks and planned["config"]["prior"] == prior
         assert planned["proposer"] == f"planner ({prior} prior)"
-        assert planned["candidates_tried"] >= 16 * len(imagined)
+        assert planned["candidates_tried"] >= 16 * tasks
+        assert len(read_episodes(out / f"plan-{prior}-unseen" / "labelled.h5")) == tasks
+    assert planned["source"] == "imagined.h5"
+    assert json.loads((out / "plan-uniform-unseen" / "label_stats.json").read_text())[
+        "source"] == "unseen suite, 2 per goal"
     assert "planner, uniform prior (no LLM)" in report and "planner, LLM prior" in report
     llm = json.loads((out / "evaluate-llm-policy" / "eval-unseen.json").read_text())
     assert llm["episodes"] == 3

@@ -120,3 +120,30 @@ def test_the_planner_rows_read_the_llm_proposals_and_the_ensemble(tmp_path):
         "plan-llm-rephrase", "plan-llm-easy", "plan-llm-hard"]
     root = cfg.run_dir
     assert kalm_data(cfg, root, "bc", "planner_uniform") == {}  # nothing planned yet
+
+
+def test_the_uniform_planner_row_draws_more_tasks_per_goal_where_asked(tmp_path):
+    from kalm.config import ConfigError
+    from kalm.imagination.planner import PlannerConfig
+
+    cfg = _quick(tmp_path, ["planner_uniform", "planner_llm"])
+    before = {s.name: s.config for s in _fake_pipeline(cfg, [])}
+    more = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, per_goal={"hard": 6}))
+    after = {s.name: s.config for s in _fake_pipeline(more, [])}
+    assert after["plan-uniform-hard"]["per_goal"] == 6
+    # the LLM imagined 2 per hard goal: its row plans those, whatever per_goal says
+    assert after["plan-llm-hard"] == before["plan-llm-hard"]
+    assert after["plan-uniform-easy"] == before["plan-uniform-easy"]
+    # unset, nothing new is hashed: planner stages of older run folders stay done
+    fields = {f.name for f in dataclasses.fields(PlannerConfig)}
+    assert set(before["plan-uniform-hard"]) == {"level", "min_votes", *fields}
+    search = more.planner.search("uniform")
+    assert type(search) is PlannerConfig and search.prior == "uniform"
+    assert more.planner.tasks_per_goal("uniform", "hard") == 6
+    assert more.planner.tasks_per_goal("llm", "hard") is None
+    assert more.planner.tasks_per_goal("uniform", "easy") is None
+    with pytest.raises(ConfigError, match=r"planner.per_goal.unseen: .*imagine stage's levels"):
+        dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, per_goal={"unseen": 2}))
+    with pytest.raises(ConfigError, match=r"planner.per_goal.hard: .*>= 1, got 0"):
+        dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, per_goal={"hard": 0}))
+    assert more.smoke().planner.per_goal == {"hard": 1}

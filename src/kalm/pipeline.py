@@ -233,6 +233,28 @@ def collect_config(cfg: RunConfig) -> dict[str, Any]:
     return _hashed({**to_dict(cfg.collect), "env_version": get_env(cfg.env).version})
 
 
+def imagine_settings(cfg: RunConfig, level: str, folder: Path, per_goal: int | None = None,
+                     **paths: str):
+    """The ImagineConfig of LEVEL's tasks as the imagine stage draws them (PER_GOAL: that many
+    per goal instead of `imagine.levels`), for `imagine` (with PATHS: model, out) and for
+    `task_starts` alike, so that a planner's fresh draw cannot drift from the imagine stage's
+    goals, seeds and starts. A run with a suite file writes LEVEL's goals into FOLDER."""
+    from kalm.imagination.stage import ImagineConfig
+
+    im = cfg.imagine
+    suite_file = None
+    if cfg.suite_file:  # this level's goals only
+        suite_file = str(write_level_suite(cfg.suite_file, level, folder / "suite.jsonl",
+                                           cfg.env))
+    return ImagineConfig(
+        suite=level, suite_file=suite_file,
+        per_goal=im.levels[level] if per_goal is None else per_goal,
+        batch_size=im.batch_size, max_steps=im.max_steps, seed=im.seed,
+        temperature=im.temperature, filter=im.filter, filter_explanation=im.filter_explanation,
+        goals=im.goals, proposals=im.proposals, proposal_temperature=im.proposal_temperature,
+        hold_zeros=im.hold_zeros, **paths)
+
+
 def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
     """What imagining one level reads. The batch size is left out: each rollout draws from its
     own seeded stream, so batching changes speed only."""
@@ -333,21 +355,11 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
     for level in cfg.imagine.levels:
         def run_imagine(folder: Path, level: str = level) -> list[Path]:
-            from kalm.imagination.stage import ImagineConfig, imagine
+            from kalm.imagination.stage import imagine
 
             out = folder / "imagined.h5"
-            im = cfg.imagine
-            suite_file = None
-            if cfg.suite_file:  # this level's goals only
-                suite_file = str(write_level_suite(cfg.suite_file, level, folder / "suite.jsonl",
-                                                   cfg.env))
-            imagine(ImagineConfig(
-                model=str(root / GROUND), out=str(out), suite=level, suite_file=suite_file,
-                per_goal=im.levels[level], batch_size=im.batch_size,
-                max_steps=im.max_steps, seed=im.seed, temperature=im.temperature,
-                filter=im.filter, filter_explanation=im.filter_explanation, goals=im.goals,
-                proposals=im.proposals, proposal_temperature=im.proposal_temperature,
-                hold_zeros=im.hold_zeros))
+            imagine(imagine_settings(cfg, level, folder, model=str(root / GROUND),
+                                     out=str(out)))
             return [out, out.with_suffix(".stats.json")]
 
         stages.append(Stage(imagine_stage(level), imagine_config(cfg, level), [GROUND],
@@ -406,23 +418,39 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 
     # the planner rows: the same goals and starts, searched for on the ensemble from a uniform
     # prior or the LLM's proposals, chosen and labelled by the label stage's judge
+    # prior or the LLM's proposals, chosen and labelled by the label stage's judge; the uniform
+    # row plans `planner.per_goal` fresh tasks per goal where set
     for row in (r for r in PLANNERS if r in cfg.rl.reference_rows):
-        planner = dataclasses.replace(cfg.planner, prior=PLANNERS[row])
+        planner = cfg.planner.search(PLANNERS[row])
         for level in cfg.imagine.levels:
-            def run_plan(folder: Path, level: str = level, planner=planner) -> list[Path]:
+            per_goal = cfg.planner.tasks_per_goal(planner.prior, level)
+
+            def run_plan(folder: Path, level: str = level, planner=planner,
+                         per_goal=per_goal) -> list[Path]:
                 from kalm.envs.registry import get_env
                 from kalm.imagination.labelling import STATS_FILE
-                from kalm.imagination.planner import plan_level
+                from kalm.imagination.planner import plan_into, plan_level
                 from kalm.imagination.relabel import RelabelConfig
+                from kalm.imagination.stage import task_starts
 
                 imagined = imagined_data(root, level)
-                stats = plan_level(imagined, folder, load_dynamics(imagined), get_env(cfg.env),
-                                   planner, judge=RelabelConfig(min_votes=cfg.label.min_votes))
+                judged = RelabelConfig(min_votes=cfg.label.min_votes)
+                if per_goal is None:
+                    stats = plan_level(imagined, folder, load_dynamics(imagined),
+                                       get_env(cfg.env), planner, judge=judged)
+                else:
+                    tasks = task_starts(imagine_settings(cfg, level, folder, per_goal), cfg.env)
+                    stats = plan_into(tasks, folder, load_dynamics(imagined), get_env(cfg.env),
+                                      planner, judge=judged,
+                                      source=f"{level} suite, {per_goal} per goal",
+                                      env=cfg.env)
                 return [folder / STATS_FILE,
                         *(folder / f for f in stats["files"].values() if f)]
 
-            stages.append(Stage(plan_stage(level, row), {"level": level, **to_dict(planner),
-                                                          **judge},
+            # per_goal hashed only where set: older planner stages keep their hashes
+            config = {"level": level, **to_dict(planner), **judge,
+                      **({"per_goal": per_goal} if per_goal is not None else {})}
+            stages.append(Stage(plan_stage(level, row), config,
                                 [imagine_stage(level), DYNAMICS], run_plan))
 
     if VERIFIED in cfg.rl.reference_rows:

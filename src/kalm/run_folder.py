@@ -246,6 +246,27 @@ class ImagineStage:
 
 
 @dataclass
+class PlannerStage(PlannerConfig):
+    """The planner rows' search settings, and which tasks the uniform row plans."""
+
+    # level -> tasks per goal the `planner_uniform` row plans, drawn as the imagine stage would
+    # draw that many (same goals, seeds and starts for a count; experiment 19: 6 per hard goal
+    # beat the imagine stage's 2 on dev). A search from no LLM is not bound to the tasks the
+    # LLM imagined; the `planner_llm` row is (its prior is the LLM's proposals for them), so
+    # it always plans the imagine stage's tasks. Unset levels: the imagine stage's tasks.
+    per_goal: dict[str, int] = field(default_factory=dict)
+
+    def search(self, prior: str) -> PlannerConfig:
+        """The search's own settings for a row's PRIOR (what the planner module reads)."""
+        names = {f.name for f in dataclasses.fields(PlannerConfig)}
+        return PlannerConfig(**{**{n: getattr(self, n) for n in names}, "prior": prior})
+
+    def tasks_per_goal(self, prior: str, level: str) -> int | None:
+        """Tasks per goal of LEVEL's fresh draw for a row of PRIOR; None: the imagine stage's."""
+        return self.per_goal.get(level) if prior == "uniform" else None
+
+
+@dataclass
 class RLStage:
     """Offline RL: one baseline (real only) and one KALM policy per imagined level, per seed."""
 
@@ -337,7 +358,7 @@ class RunConfig:
     label: LabelConfig = field(default_factory=LabelConfig)
     shooting: ShootingConfig = field(default_factory=ShootingConfig)
     # the planner rows' search (its `prior` is set per row: planner_uniform / planner_llm)
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    planner: PlannerStage = field(default_factory=PlannerStage)
     rl: RLStage = field(default_factory=RLStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     report: ReportStage = field(default_factory=ReportStage)
@@ -369,6 +390,14 @@ class RunConfig:
                                   f"{', '.join(REFERENCES)}")
         if len(set(self.rl.reference_rows)) != len(self.rl.reference_rows):
             raise ConfigError(f"rl.reference_rows: {self.rl.reference_rows} names a row twice")
+        for level, n in self.planner.per_goal.items():
+            if level not in self.imagine.levels:
+                raise ConfigError(f"planner.per_goal.{level}: the planner draws its tasks from "
+                                  f"the imagine stage's levels ({', '.join(self.imagine.levels)})"
+                                  f"; {level!r} is not one")
+            if not isinstance(n, int) or n < 1:
+                raise ConfigError(f"planner.per_goal.{level}: expected a whole number of tasks "
+                                  f">= 1, got {n!r}")
         for algo, keep in self.rl.keep.items():
             if keep not in ("all", "success"):
                 raise ConfigError(f"rl.keep.{algo}: expected all or success, got {keep!r}")
@@ -430,7 +459,8 @@ class RunConfig:
             label=r(self.label, min_votes=None if self.label.min_votes is None
                     else min(self.label.min_votes, 2)),
             shooting=r(self.shooting, candidates=4, horizon=2),
-            planner=r(self.planner, candidates=8, iterations=1, horizon=2),
+            planner=r(self.planner, candidates=8, iterations=1, horizon=2,
+                      per_goal={lv: 1 for lv in self.planner.per_goal}),
             rl=r(self.rl, steps={a: 2 for a in self.rl.steps}),
             evaluate=r(self.evaluate, episodes=2, easy_episodes=2,
                        workers=min(self.evaluate.workers, 2)),

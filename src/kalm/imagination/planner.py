@@ -475,14 +475,15 @@ def plan_level(imagined: str | Path, out_dir: str | Path, dynamics: Dynamics,
 def plan_into(tasks: EpisodeData | Sequence[Episode], out_dir: str | Path, dynamics: Dynamics,
               definition: EnvDefinition, cfg: PlannerConfig | None = None,
               progress: bool = True, judge: RelabelConfig | None = None,
-              proposals: dict[int, list[np.ndarray]] | None = None, source: str = ""
-              ) -> dict[str, Any]:
+              proposals: dict[int, list[np.ndarray]] | None = None, source: str = "",
+              env: str | None = None) -> dict[str, Any]:
     """Plan one rollout per task of TASKS into OUT_DIR in the label stage's layout (SOURCE:
-    where the tasks came from, for the stats)."""
+    where the tasks came from, for the stats). ENV: the env string a task list's file is to
+    carry (a run's `env`, which finds the definition again; an episode file has its own)."""
     cfg = cfg or PlannerConfig()
     judge = judge or RelabelConfig()
     out_dir = Path(out_dir)
-    spec = tasks.spec if isinstance(tasks, EpisodeData) else definition.episode_spec()
+    spec = tasks.spec if isinstance(tasks, EpisodeData) else definition.episode_spec(env)
     t0 = time.perf_counter()
     usage: dict[str, float] = {}
     episodes = plan(tasks, dynamics, definition, cfg, proposals, judge, progress, usage=usage)
