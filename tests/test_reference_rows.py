@@ -5,6 +5,8 @@ CPU-seconds the LLM's rollouts of the level cost, and every stage records its CP
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from kalm.data.episodes import read_episodes, write_episodes
 from kalm.imagination.relabel import first_proposals, write_first_proposals
-from kalm.pipeline import Runner, Stage, llm_cpu_seconds, train_config
+from kalm.pipeline import Runner, Stage, llm_cpu_seconds, machine_busy_seconds, train_config
 from kalm.run_folder import (
     PAPER,
     SHOOTING_MATCHED,
@@ -94,6 +96,57 @@ def test_stage_records_carry_cpu_seconds_and_sum_for_the_matched_row(tmp_path):
     label = runner.run(Stage("label-easy", {}, ["imagine-easy"], work(0.1)))
     assert imagine["cpu_s"] >= 0.29 and 0.09 <= label["cpu_s"] < imagine["cpu_s"]
     assert llm_cpu_seconds(root, "easy") == pytest.approx(imagine["cpu_s"] + label["cpu_s"])
+
+
+def _burner(seconds: float) -> subprocess.Popen:
+    code = (f"import time\nend = time.process_time() + {seconds}\n"
+            "while time.process_time() < end: pass")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_a_stage_record_says_what_other_processes_took_beside_it(tmp_path, monkeypatch):
+    """Hand-made machine readings: the stage's own CPU is not counted as the others'."""
+    import kalm.pipeline as pipeline
+
+    logs: list[str] = []
+    runner = Runner(tmp_path / "r", logs.append)
+
+    def work(folder: Path) -> list[Path]:
+        _burn(0.2)
+        (folder / "o.txt").write_text("x")
+        return [folder / "o.txt"]
+
+    readings = iter([100.0, 103.0])
+    monkeypatch.setattr(pipeline, "machine_busy_seconds", lambda: next(readings))
+    busy = runner.run(Stage("busy", {}, [], work))
+    assert busy["others_cpu_s"] == pytest.approx(3.0 - busy["cpu_s"])
+    assert any("busy: other processes kept" in line and "shared machine" in line
+               for line in logs)
+    logs.clear()
+    readings = iter([50.0, 50.0])  # nothing at all: the stage's own ticks not yet counted
+    monkeypatch.setattr(pipeline, "machine_busy_seconds", lambda: next(readings))
+    idle = runner.run(Stage("idle", {}, [], work))
+    assert idle["others_cpu_s"] == 0.0 and not any("other processes" in x for x in logs)
+    monkeypatch.setattr(pipeline, "machine_busy_seconds", lambda: None)  # no /proc/stat
+    assert "others_cpu_s" not in runner.run(Stage("elsewhere", {}, [], work))
+
+
+@pytest.mark.skipif(machine_busy_seconds() is None, reason="no /proc/stat here")
+def test_a_process_burning_beside_a_stage_is_counted(tmp_path):
+    runner = Runner(tmp_path / "r", lambda m: None)
+
+    def wait(folder: Path) -> list[Path]:
+        time.sleep(1.5)  # no CPU of its own; the burner (not yet reaped) is someone else's
+        (folder / "o.txt").write_text("x")
+        return [folder / "o.txt"]
+
+    burner = _burner(0.6)
+    try:
+        record = runner.run(Stage("waiting", {}, [], wait))
+    finally:
+        burner.wait()
+    assert record["cpu_s"] < 0.3
+    assert record["others_cpu_s"] >= 0.3
 
 
 def test_a_new_env_version_collects_again(tmp_path):

@@ -101,6 +101,27 @@ def cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU-seconds every process on the machine has spent busy since boot (Linux's /proc/stat;
+    None elsewhere). Less this process's `cpu_seconds`, what other jobs took beside a stage:
+    on 2 cores one other torch job slows a stage several times over, and a time budget then
+    buys fewer grounding steps, so a stage's record says how busy the machine was."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal (no guest)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+# a stage is reported as sharing the machine when other processes kept this many cores busy
+SHARED_MACHINE_CORES = 0.25
+
+
 def read_record(folder: Path) -> dict[str, Any] | None:
     path = folder / RECORD
     if not path.exists():
@@ -161,18 +182,28 @@ class Runner:
         folder.mkdir(parents=True, exist_ok=True)
         previous = float(record.get("wall_s", 0.0)) if record else 0.0
         previous_cpu = float(record.get("cpu_s", 0.0)) if record else 0.0
+        previous_others = record.get("others_cpu_s") if record else None
         record = {"stage": stage.name, "hash": digest, "config": stage.config,
                   "inputs": {n: self.hashes[n] for n in stage.inputs}, "done": False,
                   "wall_s": previous, "cpu_s": previous_cpu,
                   "attempts": int(record.get("attempts", 0) + 1) if record else 1,
                   "outputs": {}}
         write_json(record, folder / RECORD)
-        t0, c0 = time.time(), cpu_seconds()
+        t0, c0, m0 = time.time(), cpu_seconds(), machine_busy_seconds()
         try:
             outputs = stage.run(folder)
         finally:
-            record["wall_s"] = previous + time.time() - t0
-            record["cpu_s"] = previous_cpu + cpu_seconds() - c0
+            wall, cpu, m1 = time.time() - t0, cpu_seconds() - c0, machine_busy_seconds()
+            record["wall_s"] = previous + wall
+            record["cpu_s"] = previous_cpu + cpu
+            if m0 is not None and m1 is not None:
+                # what other processes took beside the stage (tick rounding: never below 0)
+                others = max(0.0, m1 - m0 - cpu)
+                record["others_cpu_s"] = float(previous_others or 0.0) + others
+                if wall > 0 and others / wall >= SHARED_MACHINE_CORES:
+                    self.log(f"[kalm run] {stage.name}: other processes kept "
+                             f"{others / wall:.1f} cores busy beside this stage; its wall time "
+                             "(and a time budget's step count) are a shared machine's")
             write_json(record, folder / RECORD)
         record["outputs"] = {str(p.relative_to(folder)): file_sha256(p) for p in outputs}
         if stage.resolved is not None:
