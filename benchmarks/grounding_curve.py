@@ -19,6 +19,12 @@ held-out episodes as the grounding metrics) is the horizontal line of the action
         --llm-policy "16=runs/curve/llm16/llm16-{level}.json" \\
         --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
 
+Two recipes' curves in one table and figure, each point named SERIES@ (one line per series):
+
+    python benchmarks/grounding_curve.py quick@runs/q/run quick@32=runs/curve/g32 \
+        combined@runs/recipes/lr10-delta-no-explain combined@64=runs/curve/combined-64 \
+        --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
+
 The same reading for a recipe comparison at one budget (issue 26's "learn more per CPU-minute":
 runs of one config and data whose ground stages differ in one field), points named and in the
 order given:
@@ -139,6 +145,18 @@ def parse_point(text: str) -> tuple[str, float | None]:
                          ) from None
 
 
+def parse_series(text: str) -> tuple[str | None, str]:
+    """`SERIES@REST` -> (SERIES, REST); plain REST -> (None, REST). A series is one recipe's
+    curve (the same ground settings at several budgets), so two recipes' points are not drawn
+    as one line."""
+    head, sep, rest = text.partition("@")
+    if not sep or "/" in head or "=" in head:  # no series, or an @ inside a path
+        return None, text
+    if not head or not rest:
+        raise ValueError(f"{text!r}: expected SERIES@[MINUTES=]RUN")
+    return head, rest
+
+
 def parse_recipe(text: str) -> tuple[str, str]:
     """`NAME=RUN` -> (RUN, NAME)."""
     name, sep, run = text.partition("=")
@@ -148,7 +166,19 @@ def parse_recipe(text: str) -> tuple[str, str]:
 
 
 def _point_name(p: dict[str, Any]) -> str:
-    return p["recipe"] if "recipe" in p else f"{p['budget_minutes']:g}"
+    if "recipe" in p:
+        return p["recipe"]
+    minutes = f"{p['budget_minutes']:g}"
+    return f"{p['series']} {minutes}" if "series" in p else minutes
+
+
+def by_series(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
+    """The points of each series (None: points given without one), each by minutes, the
+    series in the order they first appear."""
+    out: dict[str | None, list[dict[str, Any]]] = {}
+    for p in points:
+        out.setdefault(p.get("series"), []).append(p)
+    return {k: sorted(v, key=lambda p: p["budget_minutes"]) for k, v in out.items()}
 
 
 def apply_llm_policy(point: dict[str, Any], pattern: str) -> None:
@@ -188,7 +218,8 @@ def _pct(v: float | None) -> str:
 
 def table(points: list[dict[str, Any]], bc: float | None) -> str:
     levels = list(dict.fromkeys(lv for p in points for lv in p["levels"]))
-    first = "recipe" if any("recipe" in p for p in points) else "budget (min)"
+    first = ("recipe" if any("recipe" in p for p in points) else
+             "series, budget (min)" if any("series" in p for p in points) else "budget (min)")
     head = [first, "steps", "dtype", "action acc. (%)", "one-step RMSE (m)",
             "explanation (%)", "s/step"]
     for lv in levels:
@@ -233,30 +264,37 @@ def plot(points: list[dict[str, Any]], bc: float | None, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [p["budget_minutes"] for p in points]
+    ticks = sorted({p["budget_minutes"] for p in points})
     levels = list(dict.fromkeys(lv for p in points for lv in p["levels"]))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    ax = axes[0, 0]
-    ax.plot(x, [100 * p["action_accuracy"] for p in points], "o-", label="LLM, teacher forced")
+    for k, (series, pts) in enumerate(by_series(points).items()):
+        x = [p["budget_minutes"] for p in pts]
+        style = ("o-", "s--", "^-.", "d:")[k % 4]  # a marker and line per series
+        name = "" if series is None else f"{series}: "
+        axes[0, 0].plot(x, [100 * p["action_accuracy"] for p in pts], style,
+                        label=f"{name}LLM, teacher forced")
+        axes[0, 1].plot(x, [p["one_step_rmse_m"] for p in pts], style, label=series)
+        axes[0, 2].plot(x, [100 * p["explanation_accuracy"] for p in pts], style,
+                        label=series)
+        for i, lv in enumerate(levels):
+            c = f"C{i}"
+            rows = [p["levels"].get(lv, {}) for p in pts]
+            axes[1, 0].plot(x, [100 * r.get("replayed", np.nan) for r in rows], style,
+                            color=c, label=f"{name}{lv} LLM")
+            axes[1, 0].plot(x, [100 * r.get("random_replayed", np.nan) for r in rows], "x:",
+                            color=c, label=f"{name}{lv} random")
+            axes[1, 1].plot(x, [100 * r["kept"] / r["tasks"] if "kept" in r else np.nan
+                                for r in rows], style, color=c, label=f"{name}{lv}")
+            axes[1, 2].plot(x, [100 * r.get("llm_policy", np.nan) for r in rows], style,
+                            color=c, label=f"{name}{lv}")
     if bc is not None:
-        ax.axhline(100 * bc, color="k", ls="--", label="BC MLP")
-    ax.set_title("action accuracy (%)")
-    ax.legend()
-    axes[0, 1].plot(x, [p["one_step_rmse_m"] for p in points], "o-")
+        axes[0, 0].axhline(100 * bc, color="k", ls="--", label="BC MLP")
+    axes[0, 0].set_title("action accuracy (%)")
+    axes[0, 0].legend(fontsize=7)
     axes[0, 1].set_title("one-step state RMSE (m)")
-    axes[0, 2].plot(x, [100 * p["explanation_accuracy"] for p in points], "o-")
     axes[0, 2].set_title("explanation accuracy (%)")
-    for i, lv in enumerate(levels):
-        c = f"C{i}"
-        rows = [p["levels"].get(lv, {}) for p in points]
-        axes[1, 0].plot(x, [100 * r.get("replayed", np.nan) for r in rows], "o-", color=c,
-                        label=f"{lv} LLM")
-        axes[1, 0].plot(x, [100 * r.get("random_replayed", np.nan) for r in rows], "x:",
-                        color=c, label=f"{lv} random")
-        axes[1, 1].plot(x, [100 * r["kept"] / r["tasks"] if "kept" in r else np.nan
-                            for r in rows], "o-", color=c, label=lv)
-        axes[1, 2].plot(x, [100 * r.get("llm_policy", np.nan) for r in rows], "o-", color=c,
-                        label=lv)
+    if len(by_series(points)) > 1:
+        axes[0, 1].legend(fontsize=7)
     axes[1, 0].set_title("imagined rollouts replayed to the goal (%, diagnostic)")
     axes[1, 1].set_title("tasks with a kept rollout (%)")
     axes[1, 2].set_title("LLM as policy, real env (%)")
@@ -265,7 +303,7 @@ def plot(points: list[dict[str, Any]], bc: float | None, path: Path) -> None:
     for ax in axes.flat:
         ax.set_xlabel("grounding budget (CPU-minutes, 2 cores)")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -274,16 +312,18 @@ def plot(points: list[dict[str, Any]], bc: float | None, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="+", metavar="[MINUTES=]RUN",
+    ap.add_argument("runs", nargs="+", metavar="[SERIES@][MINUTES=]RUN",
                     help="run folders, one per grounding budget; MINUTES for one grounded "
-                         "for a fixed step count")
+                         "for a fixed step count; SERIES names the recipe's curve where "
+                         "several are drawn")
     ap.add_argument("--recipes", action="store_true",
                     help="a recipe comparison at one budget: RUN arguments are NAME=RUN, kept "
                          "in the order given, and there is no plot")
     ap.add_argument("--json", type=Path, help="write the points here")
     ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     ap.add_argument("--no-bc", action="store_true", help="skip the BC policy's accuracy")
-    ap.add_argument("--llm-policy", action="append", default=[], metavar="MINUTES=PATTERN",
+    ap.add_argument("--llm-policy", action="append", default=[],
+                    metavar="[SERIES@]MINUTES=PATTERN",
                     help="the point's LLM-as-policy row from `kalm evaluate --json` files, "
                          "PATTERN with {level}")
     args = ap.parse_args()
@@ -292,13 +332,17 @@ def main() -> None:
             raise SystemExit("--plot draws the curve against minutes; not with --recipes")
         points = [curve_point(run, recipe=name) for run, name in map(parse_recipe, args.runs)]
     else:
-        points = sorted((curve_point(*parse_point(r)) for r in args.runs),
-                        key=lambda p: p["budget_minutes"])
+        points = [p for pts in by_series([
+            {**curve_point(*parse_point(rest)), **({"series": series} if series else {})}
+            for series, rest in map(parse_series, args.runs)]).values() for p in pts]
     for spec in args.llm_policy:
-        pattern, minutes = parse_point(spec)
-        match = [p for p in points if p["budget_minutes"] == minutes]
+        series, rest = parse_series(spec)
+        pattern, minutes = parse_point(rest)
+        match = [p for p in points if p["budget_minutes"] == minutes
+                 and p.get("series") == series]
         if not match:
-            raise SystemExit(f"--llm-policy {spec}: no point at {minutes} minutes")
+            raise SystemExit(f"--llm-policy {spec}: no point at {minutes} minutes"
+                             + (f" in series {series!r}" if series else ""))
         apply_llm_policy(match[0], pattern)
     bc = None if args.no_bc else bc_line(points[0]["run"], points[0]["held_out_episodes"])
     print(table(points, bc))

@@ -171,3 +171,32 @@ def test_recipes_are_named_points_at_one_budget_in_the_order_given(tmp_path):
     assert "| 20.0 | 0.070 |" in lines[3]
     with pytest.raises(ValueError, match="NAME=RUN"):
         bench.parse_recipe("runs/recipes/x")
+
+
+def test_series_keep_two_recipes_apart_in_the_table_and_the_figure(tmp_path):
+    bench = load_benchmark("grounding_curve")
+    _write_run(tmp_path / "q16", 16.0, 0.10, 0.07, 140)
+    _write_run(tmp_path / "q32", None, 0.15, 0.12, 150)
+    _write_run(tmp_path / "c16", 16.0, 0.17, 0.16, 130)
+    _write_run(tmp_path / "c64", None, 0.25, 0.20, 160)
+    specs = [f"quick@32={tmp_path / 'q32'}", f"combined@64={tmp_path / 'c64'}",
+             f"quick@{tmp_path / 'q16'}", f"combined@{tmp_path / 'c16'}"]
+    parsed = [bench.parse_series(s) for s in specs]
+    assert [series for series, _ in parsed] == ["quick", "combined", "quick", "combined"]
+    assert bench.parse_series("runs/a@b/x") == (None, "runs/a@b/x")  # an @ inside a path
+    assert bench.parse_series("32=runs/x") == (None, "32=runs/x")
+    with pytest.raises(ValueError, match="SERIES@"):
+        bench.parse_series("quick@")
+    points = [{**bench.curve_point(*bench.parse_point(rest)), "series": series}
+              for series, rest in parsed]
+    grouped = bench.by_series(points)
+    assert list(grouped) == ["quick", "combined"]  # in the order they first appear
+    assert [p["budget_minutes"] for p in grouped["combined"]] == [16.0, 64.0]
+    flat = [p for pts in grouped.values() for p in pts]
+    lines = bench.table(flat, bc=0.294).splitlines()
+    assert lines[0].startswith("| series, budget (min) |")
+    assert [line.split(" | ")[0] for line in lines[2:6]] == [
+        "| quick 16", "| quick 32", "| combined 16", "| combined 64"]
+    assert lines[5].split(" | ")[3] == "25.0"
+    bench.plot(flat, 0.294, tmp_path / "two.png")
+    assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
