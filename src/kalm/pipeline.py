@@ -448,7 +448,6 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             stages.append(Stage(name, config, inputs, run_shoot))
 
     # the planner rows: the same goals and starts, searched for on the ensemble from a uniform
-    # prior or the LLM's proposals, chosen and labelled by the label stage's judge
     # prior or the LLM's proposals, chosen and labelled by the label stage's judge; the uniform
     # row plans `planner.per_goal` fresh tasks per goal where set
     for row in (r for r in PLANNERS if r in cfg.rl.reference_rows):
