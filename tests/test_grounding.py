@@ -625,6 +625,46 @@ def test_delta_state_head_saves_its_statistics(tmp_path, tokenizer):
     torch.testing.assert_close(model.delta_std, torch.from_numpy(std).float())
 
 
+def test_mlp_layers_make_the_new_layers_nonlinear_and_survive_save_load(tmp_path, tokenizer):
+    """`mlp_layers: 1` puts a hidden GELU layer in the state embedding and both heads: the
+    embedding of a sum of states is no longer the sum of their embeddings (it is for the linear
+    layer), the extra weights learn in the new layers' group, and the model reloads as such."""
+    from kalm.llm.train import param_groups
+
+    s1, s2 = torch.rand(3, 10), torch.rand(3, 10)
+    for depth, linear in ((0, True), (1, False)):
+        model = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(mlp_layers=depth),
+                                    AdapterConfig(lora_r=4))
+        with torch.no_grad():
+            e = model.embed_states
+            gap = float((e(s1 + s2) - e(s1) - e(s2) + e(torch.zeros(3, 10))).abs().max())
+            scale = float(e(s1).abs().max())
+        assert (gap < 1e-4 * scale) == linear, (depth, gap, scale)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"state_embed.0.weight", "state_embed.2.weight", "state_head.2.weight",
+            "action_head.0.weight"} <= names
+    new = next(g for g in param_groups(model, 1e-3, 10.0) if g["name"] == "new layers")
+    assert sum(p.numel() for p in new["params"]) == sum(
+        p.numel() for n, p in model.named_parameters()
+        if p.requires_grad and not n.startswith("backbone."))
+
+    _train(tmp_path, tokenizer, "mlp", steps=2, lr=5e-2, model=ModelConfig(mlp_layers=1))
+    a, meta = load_rollout_model(tmp_path / "mlp", backbone=fresh(tokenizer))
+    b, _ = load_rollout_model(tmp_path / "mlp", backbone=fresh(tokenizer),
+                              config=ModelConfig(mlp_layers=1))
+    assert meta["model"]["mlp_layers"] == 1
+    untrained = build_rollout_model(fresh(tokenizer), SPEC, ModelConfig(mlp_layers=1),
+                                    AdapterConfig(lora_r=4))
+    untrained.set_normalizer(a.state_mean, a.state_std)
+    with torch.no_grad():
+        torch.testing.assert_close(a.embed_states(s1), b.embed_states(s1))
+        assert not torch.allclose(a.embed_states(s1), untrained.embed_states(s1))
+    with pytest.raises(CheckpointMismatch, match="mlp_layers"):
+        load_rollout_model(tmp_path / "mlp", backbone=fresh(tokenizer), config=ModelConfig())
+    with pytest.raises(ValueError, match="mlp_layers"):
+        ModelConfig(mlp_layers=-1)
+
+
 def test_metrics_cost_is_counted_in_padded_positions():
     """Passes sorted by length, each padded to its longest: what the metrics' passes compute."""
     from kalm.llm.train import padded_tokens

@@ -241,7 +241,8 @@ LATER_FIELDS: dict[str, Any] = {"attn_implementation": "auto", "budget_minutes":
                                 "head_lr_scale": 1.0, "min_votes": None, "env_version": 1,
                                 "rollout_steps": 1, "symmetric_copies": 0}
 # the same for fields of the grounding's `model` section
-LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21}
+LATER_MODEL_FIELDS: dict[str, Any] = {"action_head": "regression", "action_bins": 21,
+                                      "mlp_layers": 0}
 # Settings that change speed or placement, never results.
 SPEED_ONLY = ("workers", "device", "length_groups")
 

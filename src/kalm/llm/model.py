@@ -101,6 +101,11 @@ class ModelConfig:
     # `action_bins` values spanning [action_low, action_high] (needs the spec's bounds)
     action_head: str = "regression"
     action_bins: int = 21
+    # hidden layers (width: the backbone's hidden size, GELU) in the state embedding and the
+    # state and action heads; 0 = one linear layer each, as the paper. A push's right action
+    # depends on where balls are relative to each other, which a linear embedding leaves to
+    # the frozen transformer to work out (docs/experiments/20-grounding-64-minutes.md)
+    mlp_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.state_head not in STATE_HEADS:
@@ -111,6 +116,8 @@ class ModelConfig:
                              f"{self.action_head!r}")
         if self.action_bins < 2:
             raise ValueError(f"action_bins must be at least 2, got {self.action_bins}")
+        if not isinstance(self.mlp_layers, int) or self.mlp_layers < 0:
+            raise ValueError(f"mlp_layers must be a whole number >= 0, got {self.mlp_layers!r}")
 
 
 class RolloutModel(nn.Module):
@@ -123,31 +130,33 @@ class RolloutModel(nn.Module):
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         tok = backbone.get_input_embeddings()
-        self.state_embed = nn.Linear(spec.obs_dim, hidden)
+        depth = self.config.mlp_layers
+        self.state_embed = _mlp(spec.obs_dim, hidden, depth, hidden)
         if spec.action_type == "discrete":
             self.action_embed: nn.Module = nn.Embedding(spec.action_dim, hidden)
         else:
             self.action_embed = nn.Linear(spec.action_dim, hidden)
-        self.state_head = nn.Linear(hidden, spec.obs_dim)
+        self.state_head = _mlp(hidden, spec.obs_dim, depth, hidden)
         self.bins = spec.action_type == "continuous" and self.config.action_head == "bins"
         if self.bins and not spec.action_bounds:
             raise ValueError("the bin action head needs the spec's action_low/action_high")
         n_out = spec.action_dim * (self.config.action_bins if self.bins else 1)
-        self.action_head = nn.Linear(hidden, n_out)
+        self.action_head = _mlp(hidden, n_out, depth, hidden)
         # start the new inputs at the scale of the token embeddings, the heads small
         scale = float(tok.weight.detach().float().std())
         with torch.no_grad():
-            nn.init.normal_(self.state_embed.weight, std=scale / max(1.0, spec.obs_dim**0.5))
-            nn.init.zeros_(self.state_embed.bias)
+            embed_out = _last_linear(self.state_embed)
+            nn.init.normal_(embed_out.weight, std=scale / max(1.0, embed_out.in_features**0.5))
+            nn.init.zeros_(embed_out.bias)
             if isinstance(self.action_embed, nn.Embedding):
                 nn.init.normal_(self.action_embed.weight, std=scale)
             else:
                 nn.init.normal_(self.action_embed.weight, std=scale)
                 nn.init.zeros_(self.action_embed.bias)
-            nn.init.normal_(self.state_head.weight, std=0.02 / hidden**0.5)
-            nn.init.zeros_(self.state_head.bias)
-            nn.init.normal_(self.action_head.weight, std=0.02)
-            nn.init.zeros_(self.action_head.bias)
+            nn.init.normal_(_last_linear(self.state_head).weight, std=0.02 / hidden**0.5)
+            nn.init.zeros_(_last_linear(self.state_head).bias)
+            nn.init.normal_(_last_linear(self.action_head).weight, std=0.02)
+            nn.init.zeros_(_last_linear(self.action_head).bias)
         self.register_buffer("state_mean", torch.zeros(spec.obs_dim))
         self.register_buffer("state_std", torch.ones(spec.obs_dim))
         self.register_buffer("delta_mean", torch.zeros(spec.obs_dim))  # used by "delta" only
@@ -327,6 +336,20 @@ class RolloutModel(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"spec": asdict(self.spec), "model": asdict(self.config)}
+
+
+def _mlp(d_in: int, d_out: int, hidden_layers: int, width: int) -> nn.Module:
+    """One linear layer (hidden_layers 0, the keys models were always saved under) or an MLP."""
+    if hidden_layers == 0:
+        return nn.Linear(d_in, d_out)
+    layers: list[nn.Module] = []
+    for i in range(hidden_layers):
+        layers += [nn.Linear(d_in if i == 0 else width, width), nn.GELU()]
+    return nn.Sequential(*layers, nn.Linear(width, d_out))
+
+
+def _last_linear(module: nn.Module) -> nn.Linear:
+    return module if isinstance(module, nn.Linear) else module[-1]
 
 
 def _unwrap(backbone: nn.Module) -> nn.Module:

@@ -173,7 +173,8 @@ def check_spec(meta: dict[str, Any], spec: RolloutSpec, where: str) -> None:
 
 # representation choices that change what the trained weights mean (models saved before a field
 # existed have its default)
-_REPRESENTATION = {"state_head": "residual", "action_head": "regression", "action_bins": 21}
+_REPRESENTATION = {"state_head": "residual", "action_head": "regression", "action_bins": 21,
+                   "mlp_layers": 0}
 
 
 def _representation(model: dict[str, Any], action_type: str) -> dict[str, Any]:
