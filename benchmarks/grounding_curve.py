@@ -19,10 +19,13 @@ held-out episodes as the grounding metrics) is the horizontal line of the action
         --llm-policy "16=runs/curve/llm16/llm16-{level}.json" \\
         --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
 
-Two recipes' curves in one table and figure, each point named SERIES@ (one line per series):
+Two recipes' curves in one table and figure, each point named SERIES@ (one line per series);
+`--keep` carries over the points of an earlier file whose run folders are not given (here the
+quick recipe's, measured in an earlier session):
 
-    python benchmarks/grounding_curve.py quick@runs/q/run quick@32=runs/curve/g32 \
-        combined@runs/recipes/lr10-delta-no-explain combined@64=runs/curve/combined-64 \
+    python benchmarks/grounding_curve.py combined@runs/recipes/lr10-delta-no-explain \
+        combined@64=runs/curve/combined-64 --keep quick@docs/grounding-curve/curve.json \
+        --llm-policy "combined@64=runs/curve/llm64/llm64-{level}.json" \
         --json docs/grounding-curve/curve.json --plot docs/img/grounding-curve.png
 
 The same reading for a recipe comparison at one budget (issue 26's "learn more per CPU-minute":
@@ -181,6 +184,31 @@ def by_series(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, A
     return {k: sorted(v, key=lambda p: p["budget_minutes"]) for k, v in out.items()}
 
 
+def kept_points(spec: str, given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`[SERIES@]FILE`: the points of an earlier `--json` file whose run folders are not among
+    the ones given, as they were measured then (a run folder may be gone from this machine; the
+    file is the record). SERIES names the ones saved without a series."""
+    series, path = parse_series(spec)
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: expected a curve file written by --json")
+    try:
+        saved = json.loads(file.read_text())["points"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{file}: expected a JSON object with a `points` list (--json output)"
+                         ) from None
+    runs = {str(Path(p["run"])) for p in given}
+    out = []
+    for p in saved:
+        if str(Path(p["run"])) in runs:
+            continue
+        p = {**p, "kept_from": str(file)}
+        if series is not None and "series" not in p:
+            p["series"] = series
+        out.append(p)
+    return out
+
+
 def apply_llm_policy(point: dict[str, Any], pattern: str) -> None:
     """The LLM-as-policy success per level from `kalm evaluate --json` files (PATTERN with
     `{level}`) instead of the run's own row: points whose runs evaluated on different halves
@@ -322,6 +350,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the points here")
     ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     ap.add_argument("--no-bc", action="store_true", help="skip the BC policy's accuracy")
+    ap.add_argument("--keep", action="append", default=[], metavar="[SERIES@]FILE",
+                    help="carry over the points of an earlier --json file whose run folders "
+                         "are not given (first in the table); SERIES names those without one")
     ap.add_argument("--llm-policy", action="append", default=[],
                     metavar="[SERIES@]MINUTES=PATTERN",
                     help="the point's LLM-as-policy row from `kalm evaluate --json` files, "
@@ -335,6 +366,8 @@ def main() -> None:
         points = [p for pts in by_series([
             {**curve_point(*parse_point(rest)), **({"series": series} if series else {})}
             for series, rest in map(parse_series, args.runs)]).values() for p in pts]
+        kept = [p for spec in args.keep for p in kept_points(spec, points)]
+        points = [p for pts in by_series(kept + points).values() for p in pts]
     for spec in args.llm_policy:
         series, rest = parse_series(spec)
         pattern, minutes = parse_point(rest)
@@ -344,7 +377,11 @@ def main() -> None:
             raise SystemExit(f"--llm-policy {spec}: no point at {minutes} minutes"
                              + (f" in series {series!r}" if series else ""))
         apply_llm_policy(match[0], pattern)
-    bc = None if args.no_bc else bc_line(points[0]["run"], points[0]["held_out_episodes"])
+    present = [p for p in points if Path(p["run"]).exists()]  # kept points' runs may be gone
+    if args.no_bc or not present:
+        bc = None
+    else:
+        bc = bc_line(present[0]["run"], present[0]["held_out_episodes"])
     print(table(points, bc))
     if args.json:
         from kalm.io import write_json

@@ -200,3 +200,31 @@ def test_series_keep_two_recipes_apart_in_the_table_and_the_figure(tmp_path):
     assert lines[5].split(" | ")[3] == "25.0"
     bench.plot(flat, 0.294, tmp_path / "two.png")
     assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kept_points_carry_over_an_earlier_file_unless_their_run_is_given(tmp_path):
+    """A curve file is the record of points whose run folders may be gone: --keep carries them
+    over as measured, names the unnamed ones' series, and a point whose run is given again is
+    read afresh instead of twice."""
+    bench = load_benchmark("grounding_curve")
+    _write_run(tmp_path / "q16", 16.0, 0.10, 0.07, 140)
+    _write_run(tmp_path / "c16", 16.0, 0.17, 0.16, 130)
+    earlier = [bench.curve_point(tmp_path / "q16"),
+               {**bench.curve_point(tmp_path / "c16"), "series": "combined"}]
+    gone = {**earlier[0], "run": str(tmp_path / "q32"), "budget_minutes": 32.0,
+            "action_accuracy": 0.15}  # a run folder deleted since
+    file = tmp_path / "curve.json"
+    file.write_text(json.dumps({"bc_action_accuracy": 0.3, "points": [*earlier, gone]}))
+    given = [{**bench.curve_point(tmp_path / "c16"), "series": "combined"}]
+    kept = bench.kept_points(f"quick@{file}", given)
+    assert [(p["series"], p["budget_minutes"]) for p in kept] == [("quick", 16.0),
+                                                                 ("quick", 32.0)]
+    assert kept[1]["action_accuracy"] == 0.15 and kept[1]["kept_from"] == str(file)
+    lines = bench.table(kept + given, bc=None).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:5]] == [
+        "| quick 16", "| quick 32", "| combined 16"]
+    with pytest.raises(FileNotFoundError, match="--json"):
+        bench.kept_points(str(tmp_path / "none.json"), given)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="points"):
+        bench.kept_points(str(tmp_path / "bad.json"), given)
