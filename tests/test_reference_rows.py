@@ -200,3 +200,20 @@ def test_the_uniform_planner_row_draws_more_tasks_per_goal_where_asked(tmp_path)
     with pytest.raises(ConfigError, match=r"planner.per_goal.hard: .*>= 1, got 0"):
         dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, per_goal={"hard": 0}))
     assert more.smoke().planner.per_goal == {"hard": 1}
+
+
+def test_the_planner_config_is_the_quick_config_with_the_measured_planner(tmp_path):
+    """configs/clevr-planner.yaml: the quick run plus the symmetric ensemble and a uniform
+    planner row with 10 tasks per hard goal; nothing else differs from the quick config."""
+    from kalm.run_folder import load_run_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    quick = load_run_config(root / "clevr-quick.yaml", out=str(tmp_path / "q"))
+    cfg = load_run_config(root / "clevr-planner.yaml", out=str(tmp_path / "q"))
+    assert cfg.dynamics.symmetric_copies == 16 and cfg.rl.reference_rows == ["planner_uniform"]
+    assert cfg.planner.tasks_per_goal("uniform", "hard") == 10
+    stages = {s.name: s.config for s in _fake_pipeline(cfg, [])}
+    assert stages["plan-uniform-hard"]["per_goal"] == 10
+    same = dataclasses.replace(cfg, name=quick.name, dynamics=quick.dynamics, rl=quick.rl,
+                               planner=quick.planner)
+    assert same == quick
