@@ -240,6 +240,18 @@ def bc_line(run: str | Path, episodes: int) -> float:
                                   ground_cfg.get("val_fraction", 0.1), ground_cfg.get("seed", 0))
 
 
+def first_bc_line(points: list[dict[str, Any]]) -> float:
+    """`bc_line` of the first point whose run still has its BC policy (a kept point's run may
+    be gone or trimmed; the points share their data, so their held-out episodes agree)."""
+    for p in points:
+        run = Path(p["run"])
+        if (run / "run_config.yaml").exists() and (
+                run / train_stage("bc", load_run(run).seeds[0])).exists():
+            return bc_line(run, p["held_out_episodes"])
+    raise FileNotFoundError("no point's run has its real-only BC policy (train-bc-seed*); "
+                            "give --no-bc")
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
@@ -377,11 +389,7 @@ def main() -> None:
             raise SystemExit(f"--llm-policy {spec}: no point at {minutes} minutes"
                              + (f" in series {series!r}" if series else ""))
         apply_llm_policy(match[0], pattern)
-    present = [p for p in points if Path(p["run"]).exists()]  # kept points' runs may be gone
-    if args.no_bc or not present:
-        bc = None
-    else:
-        bc = bc_line(present[0]["run"], present[0]["held_out_episodes"])
+    bc = None if args.no_bc else first_bc_line(points)
     print(table(points, bc))
     if args.json:
         from kalm.io import write_json
