@@ -30,10 +30,12 @@ quick recipe's, measured in an earlier session):
 
 The same reading for a recipe comparison at one budget (issue 26's "learn more per CPU-minute":
 runs of one config and data whose ground stages differ in one field), points named and in the
-order given:
+order given (kept ones first, in their file's order):
 
     python benchmarks/grounding_curve.py --recipes quick=runs/q/run \
         no-explain=runs/recipes/no-explain --json docs/grounding-recipes/recipes.json
+    python benchmarks/grounding_curve.py --recipes mlp1=runs/recipes/mlp1 \
+        --keep docs/grounding-recipes/recipes.json --json docs/grounding-recipes/recipes.json
 """
 
 from __future__ import annotations
@@ -374,6 +376,7 @@ def main() -> None:
         if args.plot:
             raise SystemExit("--plot draws the curve against minutes; not with --recipes")
         points = [curve_point(run, recipe=name) for run, name in map(parse_recipe, args.runs)]
+        points = [p for spec in args.keep for p in kept_points(spec, points)] + points
     else:
         points = [p for pts in by_series([
             {**curve_point(*parse_point(rest)), **({"series": series} if series else {})}
