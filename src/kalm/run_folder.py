@@ -251,9 +251,9 @@ class PlannerStage(PlannerConfig):
 
     # level -> tasks per goal the `planner_uniform` row plans, drawn as the imagine stage would
     # draw that many (same goals, seeds and starts for a count; experiment 19: 6 per hard goal
-    # beat the imagine stage's 2 on dev). A search from no LLM is not bound to the tasks the
-    # LLM imagined; the `planner_llm` row is (its prior is the LLM's proposals for them), so
-    # it always plans the imagine stage's tasks. Unset levels: the imagine stage's tasks.
+    # beat the imagine stage's 2 on dev, 10 beat 6). A search from no LLM is not bound to the
+    # tasks the LLM imagined; the `planner_llm` row is (its prior is the LLM's proposals for
+    # them), so it always plans the imagine stage's tasks. Unset levels: the imagine stage's.
     per_goal: dict[str, int] = field(default_factory=dict)
 
     def search(self, prior: str) -> PlannerConfig:
