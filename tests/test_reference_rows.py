@@ -131,22 +131,62 @@ def test_a_stage_record_says_what_other_processes_took_beside_it(tmp_path, monke
     assert "others_cpu_s" not in runner.run(Stage("elsewhere", {}, [], work))
 
 
+def _foreign_burner(tmp_path: Path, seconds: float) -> int:
+    """A burner that is not this process's child (started through a shell that exits at once,
+    so it is reparented): someone else's job on the machine. Returns its pid."""
+    script = tmp_path / "burn.py"
+    script.write_text(f"import time\nend = time.process_time() + {seconds}\n"
+                      "while time.process_time() < end: pass\n")
+    out = subprocess.run(["sh", "-c", f'"{sys.executable}" "{script}" >/dev/null 2>&1 & echo $!'],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    end = time.time() + timeout
+    while Path(f"/proc/{pid}").exists() and time.time() < end:
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(machine_busy_seconds() is None, reason="no /proc/stat here")
 def test_a_process_burning_beside_a_stage_is_counted(tmp_path):
     runner = Runner(tmp_path / "r", lambda m: None)
 
     def wait(folder: Path) -> list[Path]:
-        time.sleep(1.5)  # no CPU of its own; the burner (not yet reaped) is someone else's
+        time.sleep(1.5)  # no CPU of its own
         (folder / "o.txt").write_text("x")
         return [folder / "o.txt"]
 
-    burner = _burner(0.6)
+    pid = _foreign_burner(tmp_path, 0.6)
     try:
         record = runner.run(Stage("waiting", {}, [], wait))
     finally:
-        burner.wait()
+        _wait_gone(pid)
     assert record["cpu_s"] < 0.3
     assert record["others_cpu_s"] >= 0.3
+
+
+@pytest.mark.skipif(machine_busy_seconds() is None, reason="no /proc/stat here")
+def test_a_stage_s_own_workers_count_as_its_cpu_while_they_live(tmp_path):
+    """A worker pool outlives the stage that used it (kalm.data.parallel keeps it for the
+    next): a child process burning during the stage, not reaped when the stage ends, is the
+    stage's CPU, not another job's."""
+    runner = Runner(tmp_path / "r", lambda m: None)
+    workers: list[subprocess.Popen] = []
+
+    def work_in_a_child(folder: Path) -> list[Path]:
+        workers.append(_burner(0.6))
+        time.sleep(1.5)  # the child burns and exits; nobody waits for it during the stage
+        (folder / "o.txt").write_text("x")
+        return [folder / "o.txt"]
+
+    try:
+        record = runner.run(Stage("pooled", {}, [], work_in_a_child))
+    finally:
+        for w in workers:
+            w.wait()
+    assert record["cpu_s"] >= 0.5
+    assert record["others_cpu_s"] < 0.3
 
 
 def test_a_new_env_version_collects_again(tmp_path):

@@ -92,13 +92,35 @@ def llm_cpu_seconds(root: Path, level: str) -> float:
 
 
 def cpu_seconds() -> float:
-    """CPU-seconds of this process (all its threads) and of its finished child processes
-    (collection and evaluation workers): what a stage costs on a shared machine, where wall
-    time also counts the other jobs."""
+    """CPU-seconds of this process (all its threads) and of its child processes (collection and
+    evaluation workers), finished or running: what a stage costs on a shared machine, where
+    wall time also counts the other jobs."""
     import resource
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    return (time.process_time() + children.ru_utime + children.ru_stime
+            + live_children_cpu_seconds())
+
+
+def live_children_cpu_seconds() -> float:
+    """CPU-seconds of this process's child processes that have not been reaped yet, with their
+    own reaped children (Linux's /proc; 0 elsewhere). The worker pools live across stages
+    (`kalm.data.parallel`), and the kernel adds a child to RUSAGE_CHILDREN only once it is
+    reaped: without this a stage's workers would count as other jobs on the machine."""
+    me, total = os.getpid(), 0
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return 0.0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # gone meanwhile, or not readable
+            continue
+        fields = text.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+        if len(fields) > 14 and fields[1] == str(me):
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float | None:
