@@ -11,6 +11,7 @@ Settings:
   kalm refuses for runs this short: one sync, after the first step; allowed here only to
   measure what it did); retrains the baseline too.
 - `--ratio R`: the imagined share of each KALM batch.
+- `--cql-alpha A`: CQL's conservative weight (kalm's default 10); retrains the baseline too.
 - `--labels PATTERN`: KALM's data from other label folders, PATTERN with `{level}` (e.g.
   `runs/x/label1-{level}` made by `--relabel-first`).
 - `--relabel-first`: first label the greedy proposal of each task alone (best-of-1) with the
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--interval", default=None)
     ap.add_argument("--ratio", type=float, default=None)
+    ap.add_argument("--cql-alpha", type=float, default=None)
     ap.add_argument("--labels", default=None)
     ap.add_argument("--relabel-first", action="store_true")
     ap.add_argument("--min-votes", type=int, default=None,
@@ -112,6 +114,10 @@ def main() -> None:
             algos.MIN_TARGET_SYNCS = 1  # measuring the refused setting, on purpose
         cc = dataclasses.replace(cc, target_update_interval=interval)
         what.append(f"target interval {interval} ({base.steps // interval} syncs)")
+        args.baseline = True
+    if args.cql_alpha is not None:
+        cc = dataclasses.replace(cc, cql_alpha=args.cql_alpha)
+        what.append(f"CQL alpha {args.cql_alpha:g}")
         args.baseline = True
     if args.ratio is not None:
         cc = dataclasses.replace(cc, imagined_ratio=args.ratio, level_ratios={})

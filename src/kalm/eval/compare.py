@@ -61,6 +61,7 @@ class CompareConfig:
     scenes_per_seed: bool = False
     # discrete CQL/BCQ/SAC target sync interval; None: the run's steps / algos.TARGET_SYNCS
     target_update_interval: int | None = None
+    cql_alpha: float | None = None  # CQL's conservative weight; None: AlgoConfig's default
     imagined_ratio: float = 0.5  # share of each KALM batch drawn from imagined data
     level_ratios: dict[str, float] = field(default_factory=dict)  # per level, overrides it
     env: str = "clevr"  # kalm.envs.registry name of the env the policies are evaluated in
@@ -122,7 +123,9 @@ def policy_train_config(cfg: CompareConfig, seed: int, level: str | None, folder
     imagined = [cfg.imagined[level]] if level else []
     return TrainConfig(real=cfg.real, out=str(folder), imagined=imagined,
                        algo=AlgoConfig(algo=cfg.algo,
-                                       target_update_interval=cfg.target_update_interval),
+                                       target_update_interval=cfg.target_update_interval,
+                                       **({} if cfg.cql_alpha is None
+                                          else {"cql_alpha": cfg.cql_alpha})),
                        steps=cfg.steps, seed=seed,
                        imagined_ratio=cfg.ratio_for(level) if level else cfg.imagined_ratio,
                        save_every=max(1, cfg.steps // 10))
