@@ -84,3 +84,19 @@ def test_resolved_interval_is_recorded(tmp_path):
     record = json.loads((Path(tc.out) / "train_config.json").read_text())
     assert record["target_sync_interval"] == 10 and record["algo"]["target_update_interval"] is None
     assert np.isfinite(record["real_transitions"])
+
+
+def test_cql_alpha_reaches_the_policy_only_where_set(tmp_path):
+    """`CompareConfig.cql_alpha` (dev_ablation --cql-alpha) sets CQL's conservative weight;
+    unset, the policy's settings and identity are what they were before it existed."""
+    from kalm.eval.compare import train_identity
+
+    run = load_run_config(QUICK, out=str(tmp_path / "run"))
+    cmp = compare_config(run, "cql", tmp_path / "run")
+    assert cmp.cql_alpha is None
+    plain = policy_train_config(cmp, 0, None, tmp_path / "p")
+    weak = policy_train_config(dataclasses.replace(cmp, cql_alpha=1.0), 0, None, tmp_path / "p")
+    assert plain.algo.cql_alpha == AlgoConfig().cql_alpha == 10.0 and weak.algo.cql_alpha == 1.0
+    assert "cql_alpha" in plain.algo.identity()
+    write_episodes(_trivial_data(4), tmp_path / "run" / "collect" / "real.h5")
+    assert train_identity(plain) != train_identity(weak)
