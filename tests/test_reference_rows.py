@@ -170,7 +170,7 @@ def test_a_process_burning_beside_a_stage_is_counted(tmp_path):
 def test_a_stage_s_own_workers_count_as_its_cpu_while_they_live(tmp_path):
     """A worker pool outlives the stage that used it (kalm.data.parallel keeps it for the
     next): a child process burning during the stage, not reaped when the stage ends, is the
-    stage's CPU, not another job's."""
+    stage's CPU (before, it was missing from cpu_s and counted as another job's)."""
     runner = Runner(tmp_path / "r", lambda m: None)
     workers: list[subprocess.Popen] = []
 
@@ -185,8 +185,9 @@ def test_a_stage_s_own_workers_count_as_its_cpu_while_they_live(tmp_path):
     finally:
         for w in workers:
             w.wait()
-    assert record["cpu_s"] >= 0.5
-    assert record["others_cpu_s"] < 0.3
+    # the child's 0.6 s (and its start-up) once: not missing, not counted twice (reaped and
+    # live); others_cpu_s is not checked, the test suite's other workers share the machine
+    assert 0.5 <= record["cpu_s"] < 1.0
 
 
 def test_a_new_env_version_collects_again(tmp_path):
