@@ -362,6 +362,57 @@ def test_best_of_n_proposals_share_the_start_state_and_proposal_zero_is_the_plai
         imagine(ImagineConfig(out=str(tmp_path / "x.h5"), proposals=0, **plain), model=model)
 
 
+def test_distinct_first_actions_hand_made():
+    """Greedy first, then without replacement; in order of the logits at temperature 0; past
+    the number of actions, repeats; a peaked distribution still gives distinct picks."""
+    from kalm.imagination.stage import distinct_first_actions
+
+    logits = np.array([0.0, 3.0, 1.0, 2.0])
+    rng = np.random.default_rng(0)
+    assert distinct_first_actions(logits, 4, 0.0, 0.0, rng) == [1, 3, 2, 0]
+    peaked = np.array([0.0, 50.0, 0.0, 0.0, 0.0])
+    for seed in range(5):
+        picks = distinct_first_actions(peaked, 5, 0.0, 1.0, np.random.default_rng(seed))
+        assert picks[0] == 1 and sorted(picks) == [0, 1, 2, 3, 4]
+    six = distinct_first_actions(logits, 6, 0.0, 1.0, np.random.default_rng(1))
+    assert sorted(six[:4]) == [0, 1, 2, 3] and len(six) == 6
+    a = distinct_first_actions(logits, 3, 1.0, 1.0, np.random.default_rng(7))
+    assert a == distinct_first_actions(logits, 3, 1.0, 1.0, np.random.default_rng(7))
+
+
+def test_distinct_first_proposals_start_apart_and_decode_on_from_there(model, tmp_path):
+    """`distinct_first`: each task's proposals start with different actions, the first one the
+    greedy choice (so proposal 0 is the plain run's rollout), the rest decoded as usual; the
+    forced first action of `imagine_batch` is what the rollout took."""
+    from kalm.llm.generate import first_action_logits, imagine_batch
+    from kalm.llm.prompts import PromptBuilder
+
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(json.dumps({"instruction": "Red left of blue.", "level": "rephrase",
+                                 "goal": GOAL}) + "\n")
+    plain = dict(suite_file=str(suite), per_goal=2, max_steps=3, seed=5)
+    imagine(ImagineConfig(out=str(tmp_path / "one.h5"), **plain), model=model, progress=False)
+    imagine(ImagineConfig(out=str(tmp_path / "six.h5"), proposals=6, distinct_first=True,
+                          batch_size=4, **plain), model=model, progress=False)
+    one, six = read_episodes(tmp_path / "one.h5"), read_episodes(tmp_path / "six.h5")
+    assert len(six) == 12
+    for task in range(2):
+        firsts = [int(six.episode(6 * task + j).actions[0]) for j in range(6)]
+        assert len(set(firsts)) == 6
+        assert np.array_equal(six.episode(6 * task).actions, one.episode(task).actions)
+    builder = PromptBuilder(model.tokenizer)
+    s0 = six.observations[0, 0][None]
+    logits = first_action_logits(model, builder, ["Red left of blue."], s0)
+    assert logits.shape == (1, 40)
+    assert int(six.episode(0).actions[0]) == int(logits[0].argmax())
+    forced = imagine_batch(model, builder, ["Red left of blue."] * 2, np.repeat(s0, 2, 0),
+                           [GOAL] * 2, [3, 3], lambda *a: False, first_actions=[7, 11])
+    assert [int(r.actions[0]) for r in forced] == [7, 11]
+    with pytest.raises(ValueError, match="first_actions"):
+        imagine_batch(model, builder, ["Red left of blue."], s0, [GOAL], [3],
+                      lambda *a: False, first_actions=[1, 2])
+
+
 def test_task_starts_are_the_goals_and_starts_imagine_decodes_from(model, tmp_path):
     suite = tmp_path / "s.jsonl"
     lines = [{"instruction": "Red left of blue.", "level": "rephrase", "goal": GOAL},

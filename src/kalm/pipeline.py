@@ -306,7 +306,7 @@ def imagine_settings(cfg: RunConfig, level: str, folder: Path, per_goal: int | N
         batch_size=im.batch_size, max_steps=im.max_steps, seed=im.seed,
         temperature=im.temperature, filter=im.filter, filter_explanation=im.filter_explanation,
         goals=im.goals, proposals=im.proposals, proposal_temperature=im.proposal_temperature,
-        hold_zeros=im.hold_zeros, **paths)
+        distinct_first=im.distinct_first, hold_zeros=im.hold_zeros, **paths)
 
 
 def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
@@ -319,7 +319,8 @@ def imagine_config(cfg: RunConfig, level: str) -> dict[str, Any]:
             "suite_file": cfg.suite_file, **({"goals": im.goals} if im.goals is not None else {}),
             **({"proposals": im.proposals, "proposal_temperature": im.proposal_temperature}
                if im.proposals > 1 else {}),
-            **({"hold_zeros": True} if im.hold_zeros else {})}
+            **({"hold_zeros": True} if im.hold_zeros else {}),
+            **({"distinct_first": True} if im.distinct_first and im.proposals > 1 else {})}
 
 
 def train_config(cfg: RunConfig, algo: str, seed: int, variant: str | None = None

@@ -241,6 +241,9 @@ class ImagineStage:
     # there is one
     proposals: int = 1
     proposal_temperature: float = 1.0
+    # discrete actions: a task's proposals start with distinct first actions
+    # (kalm.imagination.stage.ImagineConfig.distinct_first)
+    distinct_first: bool = False
     # keep coordinates the real data never moved off zero at zero (RolloutModel.hold_zeros)
     hold_zeros: bool = False
 

@@ -32,7 +32,7 @@ from kalm.envs.registry import EnvDefinition, EnvLike, get_env, make_env
 from kalm.imagination.quality import QualityReport, RolloutCheck, assess_rollout
 from kalm.io import write_json
 from kalm.llm.device import resolve_device
-from kalm.llm.generate import imagine_batch
+from kalm.llm.generate import first_action_logits, imagine_batch
 from kalm.llm.model import RolloutSpec
 from kalm.llm.prompts import PromptBuilder, normalize_instruction
 
@@ -67,6 +67,12 @@ class ImagineConfig:
     # one per task, a verified one where there is one
     proposals: int = 1
     proposal_temperature: float = 1.0
+    # discrete actions: a task's proposals start with distinct first actions, drawn without
+    # replacement from the model's first-step distribution (the first proposal's as above, the
+    # others at `proposal_temperature`; the rest of each rollout decoded as usual). Best-of-N
+    # needs the N to cover different answers, and a sharper model repeats its choice
+    # (docs/experiments/20-grounding-64-minutes.md)
+    distinct_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,47 @@ def _context_ok(builder: PromptBuilder, model, text: str, steps: int) -> str | N
     return None
 
 
+def distinct_first_actions(logits: np.ndarray, proposals: int, temperature: float,
+                           proposal_temperature: float, rng: np.random.Generator) -> list[int]:
+    """First actions for a task's proposals, distinct while there are actions left: the first
+    greedy (temperature 0) or sampled, the others drawn without replacement (Gumbel top-k) at
+    `proposal_temperature` (0: in order of the logits); past the number of actions, sampled."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n = len(logits)
+
+    def sample(temp: float, allowed: np.ndarray) -> int:
+        if temp <= 0:
+            return int(np.flatnonzero(allowed)[np.argmax(logits[allowed])])
+        z = np.where(allowed, logits / temp, -np.inf)
+        p = np.exp(z - z.max())
+        return int(rng.choice(n, p=p / p.sum()))
+
+    everything = np.ones(n, dtype=bool)
+    out = [sample(temperature, everything)]
+    left = everything.copy()
+    left[out[0]] = False
+    while len(out) < proposals:
+        out.append(sample(proposal_temperature, left if left.any() else everything))
+        left[out[-1]] = False
+    return out
+
+
+def _first_actions(cfg: ImagineConfig, model, builder: PromptBuilder,
+                   ready: list[tuple[Task, int, np.ndarray, int]]) -> dict[int, list[int]]:
+    """Task index -> its proposals' distinct first actions (`distinct_first`), from one pass
+    over the prompts; each task's draw is seeded by the task alone."""
+    out: dict[int, list[int]] = {}
+    for i in range(0, len(ready), cfg.batch_size):
+        batch = ready[i : i + cfg.batch_size]
+        logits = first_action_logits(model, builder, [b[0].instruction for b in batch],
+                                     np.stack([b[2] for b in batch]))
+        for (t, *_), row in zip(batch, logits, strict=True):
+            rng = np.random.default_rng(proposal_seed(cfg.seed, t.index, 0))
+            out[t.index] = distinct_first_actions(row, cfg.proposals, cfg.temperature,
+                                                  cfg.proposal_temperature, rng)
+    return out
+
+
 def _task_steps(cfg: ImagineConfig, definition: EnvDefinition, task: Task) -> int:
     limit = int(definition.max_steps(task.goal))
     return limit if cfg.max_steps is None else min(cfg.max_steps, limit)
@@ -180,6 +227,8 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
         ready.append((t, steps, s0, s))
     # every proposal of a task starts from the task's start state; rows sampled at one
     # temperature are decoded together
+    first = (_first_actions(cfg, model, builder, ready)
+             if cfg.distinct_first and cfg.proposals > 1 else None)
     rows = [(t, steps, s0, s, j) for t, steps, s0, s in ready for j in range(cfg.proposals)]
     by_temperature: dict[float, list[tuple[Task, int, np.ndarray, int, int]]] = {}
     for row in rows:
@@ -196,7 +245,9 @@ def _run_chunk(cfg: ImagineConfig, model, builder: PromptBuilder, definition: En
                                   seeds=[proposal_seed(cfg.seed, b[0].index, b[4])
                                          for b in batch],
                                   judges=[definition.step_judge(b[0].goal, b[2])
-                                          for b in batch], hold_zeros=cfg.hold_zeros)
+                                          for b in batch], hold_zeros=cfg.hold_zeros,
+                                  first_actions=None if first is None else
+                                  [first[b[0].index][b[4]] for b in batch])
             decoded += list(zip(batch, rolls, strict=True))
             bar.update(len(batch) / cfg.proposals)
     decoded.sort(key=lambda d: (d[0][0].index, d[0][4]))  # task order, then proposal order
@@ -260,6 +311,9 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
         raise ValueError(f"--filter-explanation needs env {definition.name!r} to define "
                          "explanation_correct")
     spec = RolloutSpec.for_env(definition, env_name)
+    if cfg.distinct_first and spec.action_type != "discrete":
+        raise ValueError(f"distinct_first: distinct first actions need discrete actions; "
+                         f"env {env_name!r} has {spec.action_type} ones")
     tasks = plan_tasks(cfg, definition)
     if model is None:
         backbone = None
@@ -284,6 +338,8 @@ def imagine(cfg: ImagineConfig, model=None, progress: bool = True) -> dict[str, 
     parts = out.with_name(out.name + ".parts")
     # what the rollouts depend on: not the batch size, nor the device (speed only)
     identity = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "device")}
+    if not cfg.distinct_first:  # parts written before the option existed stay resumable
+        del identity["distinct_first"]
     manifest = parts / "manifest.json"
     if parts.exists() and (not manifest.exists()
                            or json.loads(manifest.read_text()) != identity):

@@ -104,6 +104,35 @@ def _choose_action(model: RolloutModel, h: torch.Tensor, temperature: float,
     return model.bin_values(picks) if model.bins else picks
 
 
+def _prompt_decoder(model: RolloutModel, builder: PromptBuilder, instructions: Sequence[str],
+                    initial_states: np.ndarray, use_cache: bool) -> _Decoder:
+    """The rollout prompts (goal, then the start state), left-padded and run through the
+    model: its last hidden state is where the first action is chosen."""
+    prompts = []
+    for text, s0 in zip(instructions, initial_states, strict=True):
+        seq = builder.rollout_prompt(text)
+        builder.state(seq, s0)
+        prompts.append(seq)
+    spec = model.spec
+    b = to_device(_left_pad(collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type,
+                                    spec.action_dim)), model_device(model))
+    x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
+                    b["action_in"])
+    return _Decoder(model, x, b["attention_mask"], use_cache)
+
+
+@torch.no_grad()
+def first_action_logits(model: RolloutModel, builder: PromptBuilder,
+                        instructions: Sequence[str], initial_states: np.ndarray) -> np.ndarray:
+    """The model's logits over the first action of each prompt's rollout, (n, actions)
+    (discrete actions only)."""
+    if model.spec.action_type != "discrete":
+        raise ValueError("first_action_logits: discrete actions only")
+    model.eval()
+    dec = _prompt_decoder(model, builder, instructions, initial_states, use_cache=False)
+    return model.predict_action(dec.last).float().cpu().numpy()
+
+
 @torch.no_grad()
 def imagine_batch(
     model: RolloutModel,
@@ -119,8 +148,12 @@ def imagine_batch(
     seeds: Sequence[int] | None = None,
     judges: Sequence[Callable[[np.ndarray, Any, np.ndarray], bool]] | None = None,
     hold_zeros: bool = False,
+    first_actions: Sequence[int] | None = None,
 ) -> list[Rollout]:
     """Decode one rollout per prompt; each stops when its goal's check first holds.
+
+    `first_actions` (discrete actions, one per row) fix each rollout's first action instead of
+    choosing it; the rest is decoded as usual (`first_action_logits` gives what to choose from).
 
     `judges` (one per row, fed (prev, action, state) each step; see
     `EnvDefinition.step_judge`) replace `is_success` where success depends on the episode so
@@ -135,18 +168,13 @@ def imagine_batch(
     a seed of its own)."""
     model.eval()
     n = len(instructions)
-    prompts = []
-    for text, s0 in zip(instructions, initial_states, strict=True):
-        seq = builder.rollout_prompt(text)
-        builder.state(seq, s0)
-        prompts.append(seq)
     spec = model.spec
     device = model_device(model)
-    b = to_device(_left_pad(collate(prompts, builder.pad_id, spec.obs_dim, spec.action_type,
-                                    spec.action_dim)), device)
-    x = model.embed(b["input_ids"], b["state_in_mask"], b["state_in"], b["action_in_mask"],
-                    b["action_in"])
-    dec = _Decoder(model, x, b["attention_mask"], use_cache)
+    dec = _prompt_decoder(model, builder, instructions, initial_states, use_cache)
+    if first_actions is not None and (spec.action_type != "discrete"
+                                      or len(first_actions) != n):
+        raise ValueError(f"first_actions: one discrete action per rollout ({n}), got "
+                         f"{len(first_actions)} for {spec.action_type} actions")
     if seeds is not None and len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds for {n} rollouts")
     if judges is not None and len(judges) != n:
@@ -165,7 +193,10 @@ def imagine_batch(
     success = np.zeros(n, dtype=bool)
     limit = np.asarray(max_steps)
     for t in range(int(limit.max())):
-        action = _choose_action(model, dec.last, temperature, gens)
+        if t == 0 and first_actions is not None:
+            action = torch.as_tensor(np.asarray(first_actions, dtype=np.int64), device=device)
+        else:
+            action = _choose_action(model, dec.last, temperature, gens)
         h = dec.feed(model.embed_actions(action))
         z = model.predict_state(h, states)
         new_states = model.clamp(model.denormalize(z))
