@@ -168,8 +168,9 @@ def _context_ok(builder: PromptBuilder, model, text: str, steps: int) -> str | N
 def distinct_first_actions(logits: np.ndarray, proposals: int, temperature: float,
                            proposal_temperature: float, rng: np.random.Generator) -> list[int]:
     """First actions for a task's proposals, distinct while there are actions left: the first
-    greedy (temperature 0) or sampled, the others drawn without replacement (Gumbel top-k) at
-    `proposal_temperature` (0: in order of the logits); past the number of actions, sampled."""
+    greedy (temperature 0) or sampled, the others drawn without replacement (one at a time from
+    the renormalised remainder, the law of Gumbel top-k) at `proposal_temperature` (0: in order
+    of the logits); past the number of actions, sampled."""
     logits = np.asarray(logits, dtype=np.float64)
     n = len(logits)
 
