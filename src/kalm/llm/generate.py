@@ -170,7 +170,6 @@ def imagine_batch(
     n = len(instructions)
     spec = model.spec
     device = model_device(model)
-    dec = _prompt_decoder(model, builder, instructions, initial_states, use_cache)
     if first_actions is not None and (spec.action_type != "discrete"
                                       or len(first_actions) != n):
         raise ValueError(f"first_actions: one discrete action per rollout ({n}), got "
@@ -179,6 +178,7 @@ def imagine_batch(
         raise ValueError(f"{len(seeds)} seeds for {n} rollouts")
     if judges is not None and len(judges) != n:
         raise ValueError(f"{len(judges)} judges for {n} rollouts")
+    dec = _prompt_decoder(model, builder, instructions, initial_states, use_cache)
     gens = None
     if temperature > 0:
         gens = row_generators(seeds if seeds is not None else
